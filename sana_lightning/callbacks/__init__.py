@@ -1,0 +1,5 @@
+"""Lightning callbacks."""
+
+from sana_lightning.callbacks.sample_grid import SampleGrid
+
+__all__ = ["SampleGrid"]

@@ -1,0 +1,57 @@
+"""Logs a grid of samples for fixed prompts and seeds to TensorBoard (and as PNG) during training."""
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from sana_lightning.images import image_grid, save_png
+
+DEFAULT_PROMPTS = (
+    "a photo of a red circle",
+    "a photo of a blue square",
+    "a photo of a green triangle",
+    "a photo of a yellow circle",
+    "a photo of a purple square",
+    "a photo of a white triangle",
+    "a photo of an orange circle",
+    "a photo of a black square",
+)
+
+
+class SampleGrid(L.Callback):
+    """Every `every_n_steps` optimizer steps (and at the end of training) draw one image per prompt (fixed seeds)
+    with the module's sampler and EMA weights; log the grid and its prompts to TensorBoard and save it as PNG."""
+
+    def __init__(self, prompts: list[str] | None = None, every_n_steps: int = 250, seed: int = 0, columns: int = 8) -> None:
+        self.prompts = list(prompts or DEFAULT_PROMPTS)
+        self.every_n_steps = every_n_steps
+        self.seed = seed
+        self.columns = columns
+        self._last_step = -1
+
+    @rank_zero_only
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step == self._last_step:
+            return
+        self._last_step = trainer.global_step
+        was_training = pl_module.training
+        pl_module.eval()
+        images = pl_module.generate(self.prompts, seeds=self.seed)
+        pl_module.train(was_training)
+        grid = image_grid(images, self.columns)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("samples", grid, trainer.global_step)
+                legend = "\n".join(f"{i}. {p}" for i, p in enumerate(self.prompts))
+                logger.experiment.add_text("samples/prompts", legend, trainer.global_step)
+        directory = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
+        save_png(grid, directory / f"step_{trainer.global_step:07d}.png", scale=4)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and trainer.global_step > 0:
+            self._log(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._log(trainer, pl_module)

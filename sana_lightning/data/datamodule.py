@@ -1,0 +1,241 @@
+"""WebDataset datamodule: endless, seeded, equal-length batch streams per rank that skip (and count) bad samples."""
+
+import glob
+import io
+import itertools
+import json
+import logging
+import random
+import tarfile
+from pathlib import Path
+
+import lightning as L
+import torch
+import webdataset as wds
+from braceexpand import braceexpand
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset
+
+from sana_lightning.data.shapes import write_shapes_dataset
+
+log = logging.getLogger(__name__)
+IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
+
+
+def expand_shards(spec: str) -> list[str]:
+    """Shard URLs from a brace pattern (`train-{000000..000009}.tar`), a glob, or a comma-separated list.
+
+    Local files are checked: a missing or empty shard is a one-line error naming the fix.
+    """
+    urls = [url for part in spec.split(",") for url in braceexpand(part.strip())]
+    remote = [u for u in urls if "://" in u or u.startswith("pipe:")]
+    files = []
+    for pattern in (u for u in urls if u not in remote):
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern] * Path(pattern).exists()
+        if not matches:
+            raise FileNotFoundError(
+                f"no shard matches '{pattern}': write shards with `python -m sana_lightning.cli shapes` "
+                "(embedded Shapes) or `python -m sana_lightning.cli shards` (an image folder), or fix the shard path"
+            )
+        files += matches
+    for path in files:
+        _check_not_empty(path)
+    return remote + files
+
+
+def _check_not_empty(path: str) -> None:
+    try:
+        with tarfile.open(path) as tar:
+            if tar.next() is None:
+                raise ValueError(f"shard '{path}' holds no samples: rewrite it or drop it from the shard list")
+    except tarfile.ReadError as error:
+        raise ValueError(f"shard '{path}' is not a readable tar file ({error}): rewrite it or drop it") from error
+
+
+def decode_sample(sample: dict, image_size: int) -> tuple[torch.Tensor, list[str]]:
+    """A WebDataset sample -> (image `[3, S, S]` in [-1, 1], its captions).
+
+    Captions come from `.json` (`captions` list, or `caption` / `prompt`) or `.txt` (one caption per line).
+    Images are resized (shorter side) and centre-cropped to `image_size`.
+    """
+    key = next((k for k in IMAGE_KEYS if k in sample), None)
+    if key is None:
+        raise ValueError(f"sample {sample.get('__key__')} has no image ({'/'.join(IMAGE_KEYS)})")
+    if "json" in sample:
+        meta = json.loads(sample["json"])
+        captions = meta.get("captions") or [meta.get("caption") or meta.get("prompt")]
+    elif "txt" in sample:
+        captions = sample["txt"].decode().splitlines()
+    else:
+        raise ValueError(f"sample {sample.get('__key__')} has no caption (.json or .txt)")
+    captions = [c for c in captions if c]
+    if not captions:
+        raise ValueError(f"sample {sample.get('__key__')} has an empty caption")
+    image = Image.open(io.BytesIO(sample[key])).convert("RGB")
+    if image.size != (image_size, image_size):
+        scale = image_size / min(image.size)
+        w, h = max(image_size, round(image.width * scale)), max(image_size, round(image.height * scale))
+        image = image.resize((w, h), Image.Resampling.BICUBIC)
+        left, top = (w - image_size) // 2, (h - image_size) // 2
+        image = image.crop((left, top, left + image_size, top + image_size))
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(image_size, image_size, 3)
+    return pixels.permute(2, 0, 1).float().div(127.5).sub(1), captions
+
+
+class ShardStream(IterableDataset):
+    """Batches drawn from resampled shards: `batches_per_epoch` per rank whatever the shard sizes (no DDP hangs).
+
+    Randomness is seeded by (seed, epoch, rank, worker), so a run resumed at an epoch boundary replays the same
+    batches. Unreadable shards and samples are skipped; each batch reports how many were skipped since the last.
+    """
+
+    def __init__(
+        self,
+        urls: list[str],
+        batch_size: int,
+        image_size: int,
+        batches_per_epoch: int,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+    ) -> None:
+        self.urls = urls
+        self.batch_size = batch_size
+        self.image_size = image_size
+        self.batches_per_epoch = batches_per_epoch
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.epoch = 0
+        self._skipped = 0
+        self._shards_without_sample = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _skip(self, error: Exception) -> bool:
+        self._skipped += 1
+        log.warning("skipping unreadable data: %s", error)
+        return True
+
+    def _shards(self, urls: list[str], rng: random.Random):
+        while True:
+            self._shards_without_sample += 1
+            if self._shards_without_sample > 4 * len(urls) + 4:
+                raise RuntimeError(f"no readable sample in {len(urls)} shard(s) such as '{urls[0]}': rewrite them")
+            yield {"url": rng.choice(urls)}
+
+    def _samples(self, urls: list[str], rng: random.Random):
+        raw = wds.tarfile_to_samples(handler=self._skip)(self._shards(urls, rng))
+        for sample in wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng)(raw):
+            try:
+                image, captions = decode_sample(sample, self.image_size)
+            except Exception as error:  # a corrupt sample must not stop training
+                self._skip(error)
+                continue
+            self._shards_without_sample = 0
+            yield image, rng.choice(captions)
+
+    def __iter__(self):
+        rank, world, worker, workers = wds.utils.pytorch_worker_info()
+        urls = self.urls[rank::world] if len(self.urls) >= world else self.urls  # split_by_node when possible
+        rng = random.Random(f"{self.seed}-{self.epoch}-{rank}-{worker}")
+        count = self.batches_per_epoch // workers + (worker < self.batches_per_epoch % workers)
+        samples = self._samples(urls, rng)
+        for _ in range(count):
+            images, captions = zip(*itertools.islice(samples, self.batch_size))
+            yield {"image": torch.stack(images), "caption": list(captions), "skipped": self._skipped}
+            self._skipped = 0
+
+
+class _EpochSeededLoader(DataLoader):
+    """Re-seeds its stream with the trainer's epoch at every `iter()`, which Lightning calls once per epoch."""
+
+    def __init__(self, dataset: ShardStream, epoch_fn, **kwargs) -> None:
+        super().__init__(dataset, batch_size=None, **kwargs)
+        self._epoch_fn = epoch_fn
+
+    def __iter__(self):
+        self.dataset.set_epoch(self._epoch_fn())
+        return super().__iter__()
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Image-caption WebDataset shards (`.png`/`.jpg` + `.json`/`.txt`) for flow-matching training."""
+
+    def __init__(
+        self,
+        train_shards: str,
+        val_shards: str | None = None,
+        image_size: int = 32,
+        batch_size: int = 32,
+        batches_per_epoch: int = 500,
+        val_batches: int = 4,
+        shuffle_buffer: int = 1000,
+        num_workers: int = 2,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if image_size <= 0 or batch_size <= 0 or batches_per_epoch <= 0:
+            raise ValueError("data.image_size, data.batch_size and data.batches_per_epoch must be positive")
+        self.train_shards = train_shards
+        self.val_shards = val_shards
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.batches_per_epoch = batches_per_epoch
+        self.val_batches = val_batches
+        self.shuffle_buffer = shuffle_buffer
+        self.num_workers = num_workers
+        self.seed = seed
+
+    def _stream(self, spec: str, batches: int, seed: int) -> ShardStream:
+        return ShardStream(expand_shards(spec), self.batch_size, self.image_size, batches, self.shuffle_buffer, seed)
+
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def _loader(self, stream: ShardStream) -> DataLoader:
+        workers = min(self.num_workers, stream.batches_per_epoch)
+        return _EpochSeededLoader(stream, self._current_epoch, num_workers=workers, persistent_workers=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._stream(self.train_shards, self.batches_per_epoch, self.seed))
+
+    def val_dataloader(self) -> DataLoader:
+        if not self.val_shards or self.val_batches == 0:
+            return []
+        stream = self._stream(self.val_shards, self.val_batches, self.seed + 1)
+        workers = min(self.num_workers, stream.batches_per_epoch)
+        return DataLoader(stream, batch_size=None, num_workers=workers)  # same batches at every validation
+
+
+class ShapesDataModule(ShardDataModule):
+    """The embedded Shapes domain: writes its shards under `root` first if they are not there yet."""
+
+    def __init__(
+        self,
+        root: str = "data/shapes",
+        num_train: int = 24000,
+        num_val: int = 512,
+        eval_prompts_per_task: int = 32,
+        image_size: int = 32,
+        batch_size: int = 32,
+        batches_per_epoch: int = 500,
+        val_batches: int = 4,
+        shuffle_buffer: int = 1000,
+        num_workers: int = 2,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            f"{root}/train-*.tar", f"{root}/val-*.tar", image_size, batch_size, batches_per_epoch, val_batches,
+            shuffle_buffer, num_workers, seed,
+        )
+        self.root = root
+        self.num_train = num_train
+        self.num_val = num_val
+        self.eval_prompts_per_task = eval_prompts_per_task
+
+    def prepare_data(self) -> None:
+        if not glob.glob(f"{self.root}/train-*.tar"):
+            write_shapes_dataset(
+                self.root, self.num_train, self.num_val, self.image_size,
+                eval_prompts_per_task=self.eval_prompts_per_task, seed=self.seed,
+            )

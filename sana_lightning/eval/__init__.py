@@ -1,0 +1,1 @@
+"""Evaluation: GenEval's scoring rules and detectors."""

@@ -1,0 +1,197 @@
+"""`SanaFlowModule`: flow-matching training of a diffusers `SanaTransformer2DModel` with frozen text and image codecs."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from sana_lightning.autoencoder import load_autoencoder
+from sana_lightning.flow import FlowConfig, add_noise, caption_drop_mask, flow_loss, sample_sigmas, timesteps_from_sigmas
+from sana_lightning.presets import build_transformer, preset_config
+from sana_lightning.sampling import SamplerConfig, denoise, initial_noise
+from sana_lightning.text_encoder import TextEncoder
+
+FROZEN_PREFIXES = ("text_encoder.", "autoencoder.")
+
+
+@dataclass
+class TextEncoderConfig:
+    """The frozen text encoder (see `TextEncoder`)."""
+
+    path: str | None = None
+    """Local transformers model directory (Gemma-2-2B-IT for real Sana); empty: the embedded MiniLM."""
+    max_length: int = 300
+    complex_human_instruction: str | None = None
+
+
+@dataclass
+class AutoencoderConfig:
+    """The frozen autoencoder."""
+
+    path: str | None = None
+    """Local diffusers `AutoencoderDC` directory (DC-AE f32c32 for real Sana); empty: pixel space."""
+    subfolder: str | None = None
+
+
+def _adamw(params) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+
+
+class SanaFlowModule(L.LightningModule):
+    """Rectified-flow (velocity) training of Sana with caption dropout, EMA weights and fixed-noise validation.
+
+    The text encoder and autoencoder are loaded from their paths and never stored in checkpoints.
+    """
+
+    def __init__(
+        self,
+        preset: str = "small",
+        transformer: dict[str, Any] | None = None,
+        text_encoder: TextEncoderConfig | None = None,
+        autoencoder: AutoencoderConfig | None = None,
+        flow: FlowConfig | None = None,
+        sampler: SamplerConfig | None = None,
+        image_size: int = 32,
+        caption_dropout: float = 0.1,
+        ema_decay: float | None = 0.999,
+        optimizer: OptimizerCallable = _adamw,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        text_encoder = text_encoder or TextEncoderConfig()
+        autoencoder = autoencoder or AutoencoderConfig()
+        self.flow = flow or FlowConfig()
+        self.sampler = sampler or SamplerConfig()
+        self.text_encoder = TextEncoder(text_encoder.path, text_encoder.max_length, text_encoder.complex_human_instruction)
+        self.autoencoder = load_autoencoder(autoencoder.path, autoencoder.subfolder)
+        self.latent_size = self._latent_size(image_size, (transformer or {}).get("patch_size"), preset)
+        io_channels = dict(
+            caption_channels=self.text_encoder.hidden_size,
+            in_channels=self.autoencoder.latent_channels,
+            out_channels=self.autoencoder.latent_channels,
+            sample_size=self.latent_size,
+        )
+        for key, value in (transformer or {}).items():
+            if key in io_channels and key != "sample_size" and value != io_channels[key]:
+                raise ValueError(
+                    f"transformer.{key}={value} does not match the encoders ({io_channels[key]}): remove the override"
+                )
+        self.transformer = build_transformer(preset, **{**(transformer or {}), **io_channels})
+        self.ema = (
+            AveragedModel(self.transformer, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            if ema_decay
+            else None
+        )
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.skipped_samples = 0
+
+    def _latent_size(self, image_size: int, patch_size: int | None, preset: str) -> int:
+        patch = patch_size or preset_config(preset)["patch_size"]
+        multiple = patch * self.autoencoder.downsample_factor
+        if image_size <= 0 or image_size % multiple:
+            raise ValueError(
+                f"image_size {image_size} is not divisible by patch_size x autoencoder downsampling = {multiple}: "
+                f"use a multiple of {multiple} (e.g. {max(multiple, round(max(image_size, 1) / multiple) * multiple)})"
+            )
+        return image_size // self.autoencoder.downsample_factor
+
+    # ----------------------------------------------------------------------------------------------- training
+
+    def _generator(self, *keys: int) -> torch.Generator:
+        return torch.Generator().manual_seed(hash((self.hparams.seed, *keys)) & 0x7FFF_FFFF_FFFF_FFFF)
+
+    def velocity(self, transformer, latents, sigmas, embeds, mask) -> torch.Tensor:
+        timestep = timesteps_from_sigmas(sigmas).to(latents) * transformer.config.timestep_scale
+        return transformer(latents, encoder_hidden_states=embeds, encoder_attention_mask=mask, timestep=timestep).sample
+
+    def encode_batch(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Clean latents and caption embeddings of a batch, with captions dropped for classifier-free guidance."""
+        captions = batch["caption"]
+        drop = caption_drop_mask(len(captions), self.hparams.caption_dropout, generator)
+        captions = ["" if dropped else caption for caption, dropped in zip(captions, drop.tolist())]
+        embeds, mask = self.text_encoder(captions)
+        return self.autoencoder.encode(batch["image"]), embeds, mask
+
+    def flow_step(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """The training loss of one batch; all randomness (dropout, noise, noise levels) drawn from `generator`."""
+        x0, embeds, mask = self.encode_batch(batch, generator)
+        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        sigmas = sample_sigmas(len(x0), self.flow, generator)
+        prediction = self.velocity(self.transformer, add_noise(x0, noise, sigmas), sigmas, embeds, mask)
+        return flow_loss(prediction, x0, noise)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.flow_step(batch, self._generator(self.global_rank, self.current_epoch, batch_idx))
+        self.log("train/loss", loss, prog_bar=True)
+        if batch.get("skipped"):
+            self.skipped_samples += int(batch["skipped"])
+            self.log("data/skipped_samples", float(self.skipped_samples), reduce_fx="sum", sync_dist=True)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema is not None and self.ema.n_averaged.item() < self.global_step:  # once per optimizer step
+            self.ema.update_parameters(self.transformer)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Loss on fixed noise and evenly spaced noise levels, so curves compare across runs and steps."""
+        generator = self._generator(-1, batch_idx)
+        x0, embeds, mask = self.encode_batch(batch, generator)
+        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        sigmas = (torch.arange(len(x0)) + 0.5) / len(x0)
+        noisy = add_noise(x0, noise, sigmas)
+        for name, transformer in self.transformers().items():
+            loss = flow_loss(self.velocity(transformer, noisy, sigmas, embeds, mask), x0, noise)
+            self.log(f"val/{name}", loss, prog_bar=name == "loss", sync_dist=True)
+
+    def transformers(self) -> dict[str, torch.nn.Module]:
+        """The trained weights, and their EMA when kept, by the name their validation loss is logged under."""
+        return {"loss": self.transformer} | ({"loss_ema": self.ema.module} if self.ema is not None else {})
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.transformer.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------ checkpoints (frozen parts)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(FROZEN_PREFIXES)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        frozen = {k: v for k, v in self.state_dict().items() if k.startswith(FROZEN_PREFIXES)}
+        checkpoint["state_dict"] = {**checkpoint["state_dict"], **frozen}
+
+    # ------------------------------------------------------------------------------------------------- sampling
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        seeds: list[int] | int = 0,
+        sampler: SamplerConfig | None = None,
+        use_ema: bool = True,
+        batch_size: int = 64,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Images `[N, 3, H, W]` in [0, 1] for `prompts`; sample i starts from the noise of seed `seeds[i]`."""
+        sampler = sampler or self.sampler
+        transformer = self.ema.module if use_ema and self.ema is not None else self.transformer
+        seeds = list(range(seeds, seeds + len(prompts))) if isinstance(seeds, int) else seeds
+        channels = self.autoencoder.latent_channels
+        null_embeds, null_mask = self.text_encoder([""])
+        images = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            embeds, mask = self.text_encoder(chunk)
+            noise = initial_noise(len(chunk), channels, self.latent_size, seeds[start : start + batch_size], self.device)
+            latents = denoise(transformer, noise.to(embeds.dtype), embeds, mask, null_embeds, null_mask, sampler, progress)
+            images.append(self.autoencoder.decode(latents).float().add(1).div(2))
+        return torch.cat(images)
