@@ -1,6 +1,6 @@
 """`SanaFlowModule`: flow-matching training of a diffusers `SanaTransformer2DModel` with frozen text and image codecs."""
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning as L
@@ -36,6 +36,11 @@ class AutoencoderConfig:
     subfolder: str | None = None
 
 
+def _config(cls, value):
+    """A config dataclass from itself, a dict (as stored in checkpoints) or None (defaults)."""
+    return cls(**value) if isinstance(value, dict) else value or cls()
+
+
 def _adamw(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
 
@@ -50,10 +55,10 @@ class SanaFlowModule(L.LightningModule):
         self,
         preset: str = "small",
         transformer: dict[str, Any] | None = None,
-        text_encoder: TextEncoderConfig | None = None,
-        autoencoder: AutoencoderConfig | None = None,
-        flow: FlowConfig | None = None,
-        sampler: SamplerConfig | None = None,
+        text_encoder: TextEncoderConfig | dict | None = None,
+        autoencoder: AutoencoderConfig | dict | None = None,
+        flow: FlowConfig | dict | None = None,
+        sampler: SamplerConfig | dict | None = None,
         image_size: int = 32,
         caption_dropout: float = 0.1,
         ema_decay: float | None = 0.999,
@@ -62,11 +67,14 @@ class SanaFlowModule(L.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        text_encoder = _config(TextEncoderConfig, text_encoder)
+        autoencoder = _config(AutoencoderConfig, autoencoder)
+        self.flow = _config(FlowConfig, flow)
+        self.sampler = _config(SamplerConfig, sampler)
+        # Plain dicts in the hyper-parameters keep checkpoints loadable with `weights_only=True`.
+        text_encoder, autoencoder, flow, sampler = map(asdict, (text_encoder, autoencoder, self.flow, self.sampler))
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        text_encoder = text_encoder or TextEncoderConfig()
-        autoencoder = autoencoder or AutoencoderConfig()
-        self.flow = flow or FlowConfig()
-        self.sampler = sampler or SamplerConfig()
+        text_encoder, autoencoder = TextEncoderConfig(**text_encoder), AutoencoderConfig(**autoencoder)
         self.text_encoder = TextEncoder(text_encoder.path, text_encoder.max_length, text_encoder.complex_human_instruction)
         self.autoencoder = load_autoencoder(autoencoder.path, autoencoder.subfolder)
         self.latent_size = self._latent_size(image_size, (transformer or {}).get("patch_size"), preset)

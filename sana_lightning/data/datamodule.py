@@ -119,7 +119,8 @@ class ShardStream(IterableDataset):
     def _shards(self, urls: list[str], rng: random.Random):
         while True:
             self._shards_without_sample += 1
-            if self._shards_without_sample > 4 * len(urls) + 4:
+            # Filling the shuffle buffer may open one shard per buffered sample before any is decoded.
+            if self._shards_without_sample > 4 * len(urls) + self.shuffle_buffer + 4:
                 raise RuntimeError(f"no readable sample in {len(urls)} shard(s) such as '{urls[0]}': rewrite them")
             yield {"url": rng.choice(urls)}
 
@@ -190,7 +191,9 @@ class ShardDataModule(L.LightningDataModule):
         return ShardStream(expand_shards(spec), self.batch_size, self.image_size, batches, self.shuffle_buffer, seed)
 
     def _current_epoch(self) -> int:
-        return self.trainer.current_epoch if self.trainer is not None else 0
+        # The epoch Lightning hands samplers (`set_epoch`); unlike `current_epoch` it is already right when a
+        # run resumed from an end-of-epoch checkpoint creates its first iterator.
+        return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
 
     def _loader(self, stream: ShardStream) -> DataLoader:
         workers = min(self.num_workers, stream.batches_per_epoch)

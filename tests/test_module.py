@@ -1,0 +1,124 @@
+import glob
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from sana_lightning.cli import SanaCLI
+from sana_lightning.data.datamodule import ShardDataModule
+from sana_lightning.module import SanaFlowModule, TextEncoderConfig
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+def tiny_module(**kwargs) -> SanaFlowModule:
+    optimizer = lambda params: torch.optim.AdamW(params, lr=1e-3)  # noqa: E731
+    return SanaFlowModule(
+        preset="tiny", text_encoder=TextEncoderConfig(max_length=8), ema_decay=0.9, optimizer=optimizer, **kwargs
+    )
+
+
+class LossRecorder(L.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(outputs["loss"].detach().clone())
+
+
+def fit(shapes_dir, tmp_path, max_epochs, ckpt_path=None):
+    recorder = LossRecorder()
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = L.Trainer(
+        max_epochs=max_epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[recorder, checkpoint], gradient_clip_val=1.0,
+    )
+    data = ShardDataModule(f"{shapes_dir}/train-*.tar", batch_size=4, batches_per_epoch=3, num_workers=0)
+    L.seed_everything(0)  # identical initial weights in every run
+    module = tiny_module()
+    trainer.fit(module, data, ckpt_path=ckpt_path)
+    return recorder.losses, module
+
+
+def test_resume_from_last_checkpoint_reproduces_the_uninterrupted_run(shapes_dir, tmp_path):
+    straight, straight_module = fit(shapes_dir, tmp_path / "a", max_epochs=2)
+    first, _ = fit(shapes_dir, tmp_path / "b", max_epochs=1)
+    second, resumed_module = fit(shapes_dir, tmp_path / "c", max_epochs=2, ckpt_path=tmp_path / "b/ckpt/last.ckpt")
+    assert len(straight) == 6 and len(first) == 3 and len(second) == 3
+    assert torch.equal(torch.stack(straight), torch.stack(first + second))
+    assert straight[0] != straight[3]  # epochs see different data and noise
+    for a, b in zip(straight_module.state_dict().values(), resumed_module.state_dict().values()):
+        assert torch.equal(a, b)  # weights, EMA weights and its update count all match
+
+
+def test_checkpoints_hold_no_frozen_encoder_weights_and_reload(shapes_dir, tmp_path):
+    _, module = fit(shapes_dir, tmp_path, max_epochs=1)
+    checkpoint = torch.load(tmp_path / "ckpt/last.ckpt", weights_only=False)
+    keys = checkpoint["state_dict"].keys()
+    assert not any(k.startswith(("text_encoder.", "autoencoder.")) for k in keys)
+    assert any(k.startswith("ema.module.") for k in keys) and checkpoint["state_dict"]["ema.n_averaged"] == 3
+    reloaded = SanaFlowModule.load_from_checkpoint(tmp_path / "ckpt/last.ckpt")
+    for key, value in module.transformer.state_dict().items():
+        assert torch.equal(value, reloaded.transformer.state_dict()[key])
+    images = reloaded.generate(["a photo of a red circle", "a photo of a blue square"], seeds=[0, 1])
+    assert images.shape == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
+    torch.testing.assert_close(images, reloaded.generate(["a photo of a red circle", "a photo of a blue square"], [0, 1]))
+
+
+def test_ema_tracks_the_weights_once_per_optimizer_step():
+    module = tiny_module()
+    with torch.no_grad():
+        for p in module.transformer.parameters():
+            p.add_(1.0)
+    module.ema.update_parameters(module.transformer)  # the first update copies
+    ema_param, param = next(module.ema.module.parameters()), next(module.transformer.parameters())
+    torch.testing.assert_close(ema_param, param)
+    with torch.no_grad():
+        param.add_(1.0)
+    module.ema.update_parameters(module.transformer)
+    torch.testing.assert_close(ema_param, param - 0.9)  # decay 0.9: moves a tenth of the way
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(preset="sana-9b"), ValueError, "unknown preset 'sana-9b'"),
+        (dict(image_size=31), ValueError, "image_size 31 is not divisible by patch_size x autoencoder downsampling = 2: use a multiple of 2"),
+        (dict(transformer={"caption_channels": 2304}), ValueError, "transformer.caption_channels=2304 does not match the encoders \\(384\\)"),
+        (dict(text_encoder=TextEncoderConfig(path="/models/gemma-2-2b-it")), FileNotFoundError, "text encoder path '/models/gemma-2-2b-it' does not exist"),
+    ],
+)
+def test_bad_model_configuration_is_a_one_line_error(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        SanaFlowModule(**{"preset": "tiny", **kwargs})
+
+
+def test_cli_fit_writes_tensorboard_losses_samples_and_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    SanaCLI(args=["fit", "--config", str(CONFIGS / "base.yaml"), "--config", str(CONFIGS / "tiny.yaml")])
+    run = tmp_path / "runs/sana/version_0"
+    events = EventAccumulator(glob.glob(str(run / "events*"))[0], size_guidance={"images": 0})
+    events.Reload()
+    assert {"train/loss", "val/loss", "val/loss_ema"} <= set(events.Tags()["scalars"])
+    assert len(events.Scalars("train/loss")) == 8
+    assert [e.step for e in events.Images("samples")] == [4, 8]
+    assert (run / "checkpoints/last.ckpt").exists() and (run / "samples/step_0000008.png").exists()
+
+
+def test_cli_sweep_stacks_configs_and_overrides(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["--config", str(CONFIGS / "base.yaml"), "--config", str(CONFIGS / "tiny.yaml")]
+    cli = SanaCLI(args=[*args, "--model.init_args.optimizer.init_args.lr=0.02", "--data.init_args.batch_size=3"], run=False)
+    assert cli.model.hparams.preset == "tiny" and cli.datamodule.batch_size == 3
+    assert cli.model.optimizer_factory(cli.model.transformer.parameters()).param_groups[0]["lr"] == 0.02
+    assert cli.model.latent_size == 32 and cli.model.sampler.shift == cli.model.flow.shift == 1.0  # interpolated
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_parses_against_the_code(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    stack = ["--config", str(config)] if config.name == "base.yaml" else ["--config", str(CONFIGS / "base.yaml"), "--config", str(config)]
+    cli = SanaCLI(args=stack, run=False)
+    assert isinstance(cli.model, SanaFlowModule) and cli.trainer is not None
