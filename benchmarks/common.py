@@ -1,0 +1,27 @@
+"""Shared by the benchmarks: print a table and write it (JSON + markdown) under benchmarks/results/."""
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def report(name: str, rows: list[dict], **extra) -> Path:
+    """Print `rows` as a markdown table and save them with the command that made them."""
+    table = markdown_table(rows)
+    print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    command = "python " + " ".join(sys.argv)
+    (RESULTS / f"{name}.md").write_text(f"`{command}`\n\n{table}\n")
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"command": command, "rows": rows, **extra}, indent=2))
+    return path

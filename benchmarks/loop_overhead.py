@@ -1,0 +1,104 @@
+"""Lightning overhead and linear-attention scaling of `SanaFlowModule` on the CPU.
+
+    python -m benchmarks.loop_overhead [--steps 20] [--rounds 2]
+
+1. Steps/s of the same module on the same in-memory batches, under `lightning.Trainer` (TensorBoard logging,
+   gradient clipping, EMA) and in a bare PyTorch loop doing the same work; alternated in rounds, best round kept.
+   Goal: Trainer overhead <= 5%.
+2. Training-step time of the `small` preset vs image tokens (16x16, 32x32, 64x64 tokens). Goal: 4x tokens <= 4.5x time.
+"""
+
+import argparse
+import tempfile
+import time
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from benchmarks.common import report
+from sana_lightning.data.datamodule import ShardDataModule
+from sana_lightning.data.shapes import write_shapes_dataset
+from sana_lightning.flow import FlowConfig
+from sana_lightning.module import SanaFlowModule, TextEncoderConfig
+
+
+def make_module() -> SanaFlowModule:
+    L.seed_everything(0, verbose=False)
+    optimizer = lambda params: torch.optim.AdamW(params, lr=3e-4)  # noqa: E731
+    return SanaFlowModule(
+        preset="small", text_encoder=TextEncoderConfig(max_length=16), flow=FlowConfig(shift=1.0), ema_decay=0.99,
+        optimizer=optimizer,
+    )
+
+
+def trainer_seconds(batches: list[dict], root: str) -> float:
+    module = make_module()
+    trainer = L.Trainer(
+        max_steps=len(batches), accelerator="cpu", logger=TensorBoardLogger(root, name="overhead"),
+        log_every_n_steps=10, gradient_clip_val=1.0, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, train_dataloaders=batches)
+    return time.perf_counter() - start
+
+
+def bare_seconds(batches: list[dict]) -> float:
+    module = make_module()
+    optimizer = module.configure_optimizers()
+    start = time.perf_counter()
+    for step, batch in enumerate(batches):
+        loss = module.flow_step(batch, module._generator(0, 0, step))
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.transformer.parameters(), 1.0)
+        optimizer.step()
+        module.ema.update_parameters(module.transformer)
+    return time.perf_counter() - start
+
+
+def step_seconds(module: SanaFlowModule, image_size: int, repeats: int = 3) -> float:
+    batch = {"image": torch.randn(8, 3, image_size, image_size).clamp(-1, 1), "caption": ["a photo of a red circle"] * 8}
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        module.flow_step(batch, module._generator(i)).backward()
+        times.append(time.perf_counter() - start)
+    return min(times[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as root:
+        write_shapes_dataset(root, num_train=args.steps * 32, num_val=8, eval_prompts_per_task=1)
+        data = ShardDataModule(f"{root}/train-*.tar", batch_size=32, batches_per_epoch=args.steps, num_workers=0)
+        batches = list(data.train_dataloader())
+        bare_seconds(batches[:3])  # warm-up
+        lightning_best, bare_best = float("inf"), float("inf")
+        for _ in range(args.rounds):
+            lightning_best = min(lightning_best, trainer_seconds(batches, root))
+            bare_best = min(bare_best, bare_seconds(batches))
+    rows = [
+        {"loop": "bare PyTorch", "steps/s": args.steps / bare_best, "relative time": 1.0},
+        {"loop": "Lightning Trainer", "steps/s": args.steps / lightning_best, "relative time": lightning_best / bare_best},
+    ]
+    report("loop_overhead", rows)
+    print(f"Trainer overhead: {lightning_best / bare_best - 1:+.1%} (goal <= 5%)\n")
+
+    module = make_module()
+    sizes = [32, 64, 128]  # patch 2: 16x16, 32x32, 64x64 tokens
+    times = {size: step_seconds(module, size) for size in sizes}
+    scaling = [
+        {"tokens": (s // 2) ** 2, "step s (batch 8)": times[s], "x tokens": (s // sizes[0]) ** 2, "x time": times[s] / times[sizes[0]]}
+        for s in sizes
+    ]
+    report("token_scaling", scaling)
+    print(f"4x tokens -> {times[64] / times[32]:.2f}x time (goal <= 4.5x)")
+
+
+if __name__ == "__main__":
+    main()
