@@ -5,12 +5,13 @@ from typing import Any
 
 import lightning as L
 import torch
+from diffusers import SanaTransformer2DModel
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from sana_lightning.autoencoder import load_autoencoder
 from sana_lightning.flow import FlowConfig, add_noise, caption_drop_mask, flow_loss, sample_sigmas, timesteps_from_sigmas
-from sana_lightning.presets import build_transformer, preset_config
+from sana_lightning.presets import build_transformer, load_transformer
 from sana_lightning.sampling import SamplerConfig, denoise, initial_noise
 from sana_lightning.text_encoder import TextEncoder
 
@@ -55,6 +56,7 @@ class SanaFlowModule(L.LightningModule):
         self,
         preset: str = "small",
         transformer: dict[str, Any] | None = None,
+        pretrained: str | None = None,
         text_encoder: TextEncoderConfig | dict | None = None,
         autoencoder: AutoencoderConfig | dict | None = None,
         flow: FlowConfig | dict | None = None,
@@ -77,19 +79,9 @@ class SanaFlowModule(L.LightningModule):
         text_encoder, autoencoder = TextEncoderConfig(**text_encoder), AutoencoderConfig(**autoencoder)
         self.text_encoder = TextEncoder(text_encoder.path, text_encoder.max_length, text_encoder.complex_human_instruction)
         self.autoencoder = load_autoencoder(autoencoder.path, autoencoder.subfolder)
-        self.latent_size = self._latent_size(image_size, (transformer or {}).get("patch_size"), preset)
-        io_channels = dict(
-            caption_channels=self.text_encoder.hidden_size,
-            in_channels=self.autoencoder.latent_channels,
-            out_channels=self.autoencoder.latent_channels,
-            sample_size=self.latent_size,
-        )
-        for key, value in (transformer or {}).items():
-            if key in io_channels and key != "sample_size" and value != io_channels[key]:
-                raise ValueError(
-                    f"transformer.{key}={value} does not match the encoders ({io_channels[key]}): remove the override"
-                )
-        self.transformer = build_transformer(preset, **{**(transformer or {}), **io_channels})
+        latent_default = {"sample_size": image_size // self.autoencoder.downsample_factor}
+        self.transformer = self._build_transformer(preset, {**latent_default, **(transformer or {})}, pretrained)
+        self.latent_size = self._latent_size(image_size)
         self.ema = (
             AveragedModel(self.transformer, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
             if ema_decay
@@ -99,9 +91,35 @@ class SanaFlowModule(L.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.skipped_samples = 0
 
-    def _latent_size(self, image_size: int, patch_size: int | None, preset: str) -> int:
-        patch = patch_size or preset_config(preset)["patch_size"]
-        multiple = patch * self.autoencoder.downsample_factor
+    def _io_channels(self) -> dict[str, int]:
+        """The transformer widths the codecs dictate."""
+        latent = self.autoencoder.latent_channels
+        return dict(caption_channels=self.text_encoder.hidden_size, in_channels=latent, out_channels=latent)
+
+    def _check_io(self, model: SanaTransformer2DModel, name: str) -> None:
+        for key, expected in self._io_channels().items():
+            if model.config[key] != expected:
+                raise ValueError(
+                    f"{name} has {key}={model.config[key]} but the text encoder / autoencoder give {expected}: "
+                    "configure the text_encoder and autoencoder it was trained with"
+                )
+
+    def _build_transformer(self, preset: str, overrides: dict, pretrained: str | None) -> SanaTransformer2DModel:
+        """From a preset (+ overrides) or a local diffusers directory; its input/caption widths must fit the codecs."""
+        if pretrained:
+            model = load_transformer(pretrained)
+            self._check_io(model, f"transformer '{pretrained}'")
+            return model
+        io_channels = self._io_channels()
+        for key, value in overrides.items():
+            if key in io_channels and value != io_channels[key]:
+                raise ValueError(
+                    f"transformer.{key}={value} does not match the encoders ({io_channels[key]}): remove the override"
+                )
+        return build_transformer(preset, **{**overrides, **io_channels})
+
+    def _latent_size(self, image_size: int) -> int:
+        multiple = self.transformer.config.patch_size * self.autoencoder.downsample_factor
         if image_size <= 0 or image_size % multiple:
             raise ValueError(
                 f"image_size {image_size} is not divisible by patch_size x autoencoder downsampling = {multiple}: "
@@ -161,8 +179,14 @@ class SanaFlowModule(L.LightningModule):
         """The trained weights, and their EMA when kept, by the name their validation loss is logged under."""
         return {"loss": self.transformer} | ({"loss_ema": self.ema.module} if self.ema is not None else {})
 
+    def parameter_groups(self) -> list[dict]:
+        """Optimizer parameter groups; a group's `lr_scale` multiplies the configured learning rate."""
+        return [{"params": list(self.transformer.parameters())}]
+
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.transformer.parameters())
+        optimizer = self.optimizer_factory(self.parameter_groups())
+        for group in optimizer.param_groups:
+            group["lr"] *= group.get("lr_scale", 1.0)
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
@@ -172,6 +196,7 @@ class SanaFlowModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(FROZEN_PREFIXES)}
+        checkpoint["transformer_config"] = dict(self.transformer.config)  # rebuilds it without this code's presets
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         frozen = {k: v for k, v in self.state_dict().items() if k.startswith(FROZEN_PREFIXES)}

@@ -1,5 +1,6 @@
 """Named `SanaTransformer2DModel` sizes, from CPU-test tiny to SANA 1.5's 4.8B."""
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,3 +83,15 @@ def build_transformer(preset: str, device: str | torch.device | None = None, **o
     config = preset_config(preset, **overrides)
     with torch.device(device or "cpu"):
         return SanaTransformer2DModel(**config)
+
+
+def load_transformer(path: str) -> SanaTransformer2DModel:
+    """A `SanaTransformer2DModel` from a local diffusers directory: the model itself or a pipeline's `transformer/`."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"transformer path '{path}' does not exist: give a local diffusers SanaTransformer2DModel directory "
+            "(or a Sana pipeline directory holding transformer/)"
+        )
+    subfolder = "transformer" if (root / "transformer" / "config.json").exists() else None
+    return SanaTransformer2DModel.from_pretrained(path, subfolder=subfolder)

@@ -1,5 +1,6 @@
 """Lightning callbacks."""
 
+from sana_lightning.callbacks.block_norms import BlockUpdateNorms
 from sana_lightning.callbacks.sample_grid import SampleGrid
 
-__all__ = ["SampleGrid"]
+__all__ = ["BlockUpdateNorms", "SampleGrid"]

@@ -1,0 +1,43 @@
+"""Reading transformers out of checkpoints: our Lightning `.ckpt`, a consolidated (FSDP) file, or diffusers."""
+
+import glob
+import os
+from pathlib import Path
+
+import torch
+from diffusers import SanaTransformer2DModel
+
+from sana_lightning.presets import load_transformer
+
+TRAIN_COMMAND = "python -m sana_lightning.cli fit --config configs/base.yaml"
+
+
+def resolve_path(path: str) -> str:
+    """`path`, or the newest file matching it when it is a glob (e.g. `runs/sana/version_*/checkpoints/last.ckpt`)."""
+    if glob.has_magic(path):
+        matches = sorted(glob.glob(path), key=os.path.getmtime)
+        if not matches:
+            raise FileNotFoundError(f"no checkpoint matches '{path}': train one first with `{TRAIN_COMMAND}`")
+        return matches[-1]
+    if not Path(path).exists():
+        raise FileNotFoundError(f"checkpoint '{path}' does not exist: train one first with `{TRAIN_COMMAND}`")
+    return path
+
+
+def load_checkpoint_transformer(path: str, weights: str = "ema") -> SanaTransformer2DModel:
+    """The transformer stored in a checkpoint file or diffusers directory.
+
+    Files hold `transformer_config` and a `state_dict` with `transformer.` (trained) and, if EMA was on,
+    `ema.module.` (averaged) weights; `weights` picks `ema` (falling back to the trained weights) or `raw`.
+    """
+    path = resolve_path(path)
+    if Path(path).is_dir():
+        return load_transformer(path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if "transformer_config" not in checkpoint:
+        raise ValueError(f"'{path}' holds no transformer_config: give a sana-lightning checkpoint or diffusers directory")
+    state = checkpoint["state_dict"]
+    prefix = "ema.module." if weights == "ema" and any(k.startswith("ema.module.") for k in state) else "transformer."
+    model = SanaTransformer2DModel.from_config(checkpoint["transformer_config"])
+    model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    return model
