@@ -1,0 +1,5 @@
+"""Optimizers: CAME and CAME-8bit."""
+
+from sana_lightning.optim.came import CAME, CAME8bit
+
+__all__ = ["CAME", "CAME8bit"]

@@ -1,0 +1,185 @@
+"""CAME and CAME-8bit (Luo et al., 2023; SANA 1.5 section 2.1).
+
+CAME keeps Adafactor's factored second moment (row and column statistics of g^2) and adds a confidence term: the
+update is scaled by the factored inverse root of the instability (update - first moment)^2. Update clipping by RMS,
+decoupled weight decay. `CAME` matches the reference `came-pytorch` step for step, except that trailing singleton
+dimensions are squeezed before factoring, so a 1x1 convolution [out, in, 1, 1] is factored as the matrix it is
+(came-pytorch factors its two singleton dimensions and stores 4x the weight's size).
+
+`CAME8bit` stores the first moment (`exp_avg`) of large matrices in 8 bits with blockwise dynamic quantisation, as
+SANA 1.5 does: bitsandbytes' `quantize_blockwise` (signed dynamic map, one fp32 absmax per block of 2048 values).
+bitsandbytes is used rather than a torch re-implementation because it is the reference format of 8-bit optimizer
+states, runs on CPU and GPU, and a torch copy would only duplicate its map and kernels. The factored statistics
+are tiny and stay fp32, as do tensors that are 1-D or smaller than `min_8bit_size`.
+
+Under FSDP2 the parameters are DTensors: every elementwise step runs on the local shard, and the row/column means
+of the factored statistics are taken by DTensor reductions, so the factored moments are those of the full matrix.
+The 8-bit first moment is quantised shard-locally.
+"""
+
+import torch
+from torch.distributed.tensor import DTensor
+
+QUANT_BLOCKSIZE = 2048
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def _matrix_shape(shape: torch.Size) -> tuple[int, ...]:
+    """The shape CAME factors over: trailing singleton dimensions dropped (1x1 convolutions become matrices)."""
+    dims = list(shape)
+    while len(dims) > 2 and dims[-1] == 1:
+        dims.pop()
+    return tuple(dims)
+
+
+def _rms(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.norm(2) / (tensor.numel() ** 0.5)
+
+
+def _approx_inverse_sqrt(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    """Adafactor's rank-1 estimate of 1/sqrt(V) from V's row and column means."""
+    r_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt().unsqueeze(-1)
+    return r_factor * col.unsqueeze(-2).rsqrt()
+
+
+class CAME(torch.optim.Optimizer):
+    """Confidence-guided Adaptive Memory Efficient optimizer (fp32 states)."""
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-4,
+        betas: tuple[float, float, float] = (0.9, 0.999, 0.9999),
+        eps: tuple[float, float] = (1e-30, 1e-16),
+        clip_threshold: float = 1.0,
+        weight_decay: float = 0.0,
+    ) -> None:
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        if not all(0.0 <= beta <= 1.0 for beta in betas):
+            raise ValueError(f"betas must lie in [0, 1], got {betas}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=tuple(eps), clip_threshold=clip_threshold, weight_decay=weight_decay)
+        super().__init__(params, defaults)
+
+    # First-moment storage: plain fp32 here, 8-bit blockwise in CAME8bit.
+    def _init_exp_avg(self, state: dict, grad: torch.Tensor) -> None:
+        state["exp_avg"] = torch.zeros_like(grad)
+
+    def _read_exp_avg(self, state: dict, grad: torch.Tensor) -> torch.Tensor:
+        return state["exp_avg"]
+
+    def _write_exp_avg(self, state: dict, exp_avg: torch.Tensor) -> None:
+        pass  # updated in place
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2, beta3 = group["betas"]
+            eps1, eps2 = group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("CAME does not support sparse gradients")
+                grad = p.grad.float()
+                shape = _matrix_shape(grad.shape)
+                factored = len(shape) >= 2
+                if factored:
+                    grad = grad.reshape(shape)
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    self._init_exp_avg(state, grad)
+                    if factored:
+                        for name, reduced in (("row", shape[:-1]), ("col", shape[:-2] + shape[-1:])):
+                            state[f"exp_avg_sq_{name}"] = grad.new_zeros(reduced)
+                            state[f"exp_avg_res_{name}"] = grad.new_zeros(reduced)
+                    else:
+                        state["exp_avg_sq"] = torch.zeros_like(grad)
+                state["step"] += 1
+
+                update = grad.square() + eps1
+                if factored:
+                    row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
+                    row.mul_(beta2).add_(update.mean(dim=-1), alpha=1 - beta2)
+                    col.mul_(beta2).add_(update.mean(dim=-2), alpha=1 - beta2)
+                    update = _approx_inverse_sqrt(row, col).mul_(grad)
+                else:
+                    state["exp_avg_sq"].mul_(beta2).add_(update, alpha=1 - beta2)
+                    update = state["exp_avg_sq"].rsqrt().mul_(grad)
+                update.div_((_rms(update) / group["clip_threshold"]).clamp_(min=1.0))
+
+                exp_avg = self._read_exp_avg(state, grad)
+                exp_avg.mul_(beta1).add_(update, alpha=1 - beta1)
+                if factored:
+                    res = (update - exp_avg).square_().add_(eps2)
+                    row, col = state["exp_avg_res_row"], state["exp_avg_res_col"]
+                    row.mul_(beta3).add_(res.mean(dim=-1), alpha=1 - beta3)
+                    col.mul_(beta3).add_(res.mean(dim=-2), alpha=1 - beta3)
+                    update = _approx_inverse_sqrt(row, col).mul_(exp_avg)
+                else:
+                    update = exp_avg.clone()
+                self._write_exp_avg(state, exp_avg)
+
+                if group["weight_decay"]:
+                    p.add_(p, alpha=-group["weight_decay"] * group["lr"])
+                p.sub_(update.mul_(group["lr"]).reshape(p.shape).to(p.dtype))
+        return loss
+
+
+class CAME8bit(CAME):
+    """CAME with the first moment of large matrices stored 8-bit (blockwise dynamic quantisation, bitsandbytes)."""
+
+    def __init__(self, params, lr: float = 1e-4, min_8bit_size: int = 16384, **kwargs) -> None:
+        super().__init__(params, lr=lr, **kwargs)
+        self.min_8bit_size = min_8bit_size
+
+    def _quantized(self, grad: torch.Tensor) -> bool:
+        return grad.dim() >= 2 and grad.numel() >= self.min_8bit_size
+
+    def _init_exp_avg(self, state: dict, grad: torch.Tensor) -> None:
+        if not self._quantized(grad):
+            return super()._init_exp_avg(state, grad)
+        self._write_exp_avg(state, torch.zeros_like(grad))
+
+    def _read_exp_avg(self, state: dict, grad: torch.Tensor) -> torch.Tensor:
+        if "exp_avg" in state:
+            return state["exp_avg"]
+        import bitsandbytes.functional as bnb
+
+        local = bnb.dequantize_blockwise(
+            state["exp_avg_q"], absmax=state["exp_avg_absmax"], code=self._code(grad.device), blocksize=QUANT_BLOCKSIZE
+        )
+        if isinstance(grad, DTensor):
+            return DTensor.from_local(local, grad.device_mesh, grad.placements, shape=grad.shape, stride=grad.stride())
+        return local
+
+    def _write_exp_avg(self, state: dict, exp_avg: torch.Tensor) -> None:
+        if "exp_avg" in state:
+            return
+        import bitsandbytes.functional as bnb
+
+        quantized, quant_state = bnb.quantize_blockwise(
+            _local(exp_avg).contiguous(), code=self._code(exp_avg.device), blocksize=QUANT_BLOCKSIZE
+        )
+        state["exp_avg_q"], state["exp_avg_absmax"] = quantized, quant_state.absmax
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for state in self.state.values():  # torch casts every state tensor to its parameter's dtype
+            if "exp_avg_q" in state:
+                state["exp_avg_q"] = state["exp_avg_q"].to(torch.uint8)
+
+    def _code(self, device: torch.device) -> torch.Tensor:
+        if getattr(self, "_dynamic_map", None) is None or self._dynamic_map.device != device:
+            import bitsandbytes.functional as bnb
+
+            self._dynamic_map = bnb.create_dynamic_map(signed=True).to(device)
+        return self._dynamic_map

@@ -1,0 +1,111 @@
+import pytest
+import torch
+from came_pytorch import CAME as ReferenceCAME
+from torch import nn
+
+from sana_lightning.optim import CAME, CAME8bit
+
+
+def regression_model(seed=0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 256), nn.LayerNorm(256), nn.GELU(), nn.Linear(256, 128), nn.GELU(), nn.Linear(128, 8))
+
+
+torch.manual_seed(123)
+TEACHER = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 8)).requires_grad_(False)
+
+
+def regression_batch(step: int):
+    """Inputs and targets of a fixed random teacher network."""
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(1000 + step))
+    return x, TEACHER(x)
+
+
+def train(model, optimizer, steps, start=0):
+    losses = []
+    for step in range(start, start + steps):
+        x, y = regression_batch(step)
+        loss = nn.functional.mse_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_came_matches_the_reference_implementation_step_for_step():
+    ours, reference = regression_model(), regression_model()
+    kwargs = dict(lr=2e-3, weight_decay=0.01)
+    our_opt, ref_opt = CAME(ours.parameters(), **kwargs), ReferenceCAME(reference.parameters(), **kwargs)
+    for step in range(20):
+        train(ours, our_opt, 1, step)
+        train(reference, ref_opt, 1, step)
+        for a, b in zip(ours.parameters(), reference.parameters()):
+            rel = ((a - b).abs().max() / b.abs().max()).item()
+            assert rel <= 1e-5, (step, rel)
+
+
+def test_came_factors_matrices_and_one_by_one_convolutions():
+    conv = nn.Conv2d(32, 64, 1)
+    optimizer = CAME(conv.parameters(), lr=1e-3)
+    conv(torch.randn(2, 32, 4, 4)).square().mean().backward()
+    optimizer.step()
+    state = optimizer.state[conv.weight]
+    assert state["exp_avg_sq_row"].shape == (64,) and state["exp_avg_sq_col"].shape == (32,)
+    assert "exp_avg_sq" in optimizer.state[conv.bias]
+
+
+DRIFT_BOUND = 0.1  # distance between the runs, relative to the distance CAME-32 travelled (measured: 0.037)
+
+
+def test_came_8bit_stays_close_to_came_and_reaches_the_same_loss():
+    start, full, quantized = regression_model(), regression_model(), regression_model()
+    full_losses = train(full, CAME(full.parameters(), lr=3e-4), 100)
+    optimizer = CAME8bit(quantized.parameters(), lr=3e-4, min_8bit_size=4096)
+    quantized_losses = train(quantized, optimizer, 100)
+    assert optimizer.state[quantized[0].weight]["exp_avg_q"].dtype == torch.uint8  # 64x256: 8-bit
+    assert "exp_avg" in optimizer.state[quantized[5].weight]  # 128x8 < min_8bit_size: fp32
+    flat = lambda model: torch.cat([p.flatten() for p in model.parameters()])  # noqa: E731
+    travelled = (flat(full) - flat(start)).norm()
+    drift = ((flat(quantized) - flat(full)).norm() / travelled).item()
+    assert drift < DRIFT_BOUND, drift
+    final_full, final_quantized = sum(full_losses[-10:]) / 10, sum(quantized_losses[-10:]) / 10
+    assert final_full < 0.5 * full_losses[0]  # it did learn
+    assert abs(final_quantized - final_full) <= 0.02 * final_full
+
+
+def test_quantisation_error_of_the_first_moment_is_bounded():
+    model = regression_model()
+    optimizer = CAME8bit(model.parameters(), lr=2e-3, min_8bit_size=4096)
+    train(model, optimizer, 5)
+    state = optimizer.state[model[0].weight]
+    exact = optimizer._read_exp_avg(state, model[0].weight.grad).clone()
+    optimizer._write_exp_avg(state, exact)
+    roundtrip = optimizer._read_exp_avg(state, model[0].weight.grad)
+    # Dynamic 8-bit map: relative error of at most a few percent of each block's absmax.
+    blocks = exact.flatten().split(2048)
+    for block, back in zip(blocks, roundtrip.flatten().split(2048)):
+        assert (back - block).abs().max() <= 0.02 * block.abs().max()
+
+
+@pytest.mark.parametrize("cls", [CAME, CAME8bit])
+def test_state_round_trip_gives_the_same_next_step(cls, tmp_path):
+    model = regression_model()
+    optimizer = cls(model.parameters(), lr=2e-3, **({"min_8bit_size": 4096} if cls is CAME8bit else {}))
+    train(model, optimizer, 5)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp_path / "state.pt")
+    train(model, optimizer, 3, start=5)
+
+    saved = torch.load(tmp_path / "state.pt", weights_only=True)
+    resumed = regression_model(seed=1)
+    resumed.load_state_dict(saved["model"])
+    fresh = cls(resumed.parameters(), lr=2e-3, **({"min_8bit_size": 4096} if cls is CAME8bit else {}))
+    fresh.load_state_dict(saved["optimizer"])
+    train(resumed, fresh, 3, start=5)
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_bad_hyperparameters_are_clear_errors():
+    with pytest.raises(ValueError, match="lr must be positive"):
+        CAME(regression_model().parameters(), lr=0)
