@@ -20,7 +20,7 @@ def report(name: str, rows: list[dict], **extra) -> Path:
     table = markdown_table(rows)
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    command = "python " + " ".join(sys.argv)
+    command = " ".join(["python -m benchmarks." + Path(sys.argv[0]).stem, *sys.argv[1:]])
     (RESULTS / f"{name}.md").write_text(f"`{command}`\n\n{table}\n")
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"command": command, "rows": rows, **extra}, indent=2))

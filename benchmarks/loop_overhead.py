@@ -15,6 +15,7 @@ import time
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader
 
 from benchmarks.common import report
 from sana_lightning.data.datamodule import ShardDataModule
@@ -40,7 +41,7 @@ def trainer_seconds(batches: list[dict], root: str) -> float:
         enable_model_summary=False, num_sanity_val_steps=0,
     )
     start = time.perf_counter()
-    trainer.fit(module, train_dataloaders=batches)
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))  # the same in-memory batches
     return time.perf_counter() - start
 
 

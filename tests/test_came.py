@@ -109,3 +109,15 @@ def test_state_round_trip_gives_the_same_next_step(cls, tmp_path):
 def test_bad_hyperparameters_are_clear_errors():
     with pytest.raises(ValueError, match="lr must be positive"):
         CAME(regression_model().parameters(), lr=0)
+
+
+def test_came_8bit_is_selectable_from_a_config(tmp_path, monkeypatch):
+    from sana_lightning.cli import SanaCLI
+    from test_module import CONFIGS
+
+    monkeypatch.chdir(tmp_path)
+    configs = ["base.yaml", "tiny.yaml", "came8bit.yaml"]
+    cli = SanaCLI(args=["fit", *[a for c in configs for a in ("--config", str(CONFIGS / c))], "--model.init_args.optimizer.init_args.min_8bit_size=4096"])
+    optimizer = cli.trainer.optimizers[0]
+    assert isinstance(optimizer, CAME8bit) and optimizer.min_8bit_size == 4096
+    assert any("exp_avg_q" in state for state in optimizer.state.values())

@@ -10,7 +10,7 @@ from sana_lightning.module import SanaFlowModule
 from sana_lightning.presets import build_transformer
 
 CONFIGS = Path(__file__).parents[1] / "configs"
-OVERLAYS = {"tiny.yaml"}  # partial configs, stacked on base.yaml
+OVERLAYS = {"tiny.yaml", "came8bit.yaml"}  # partial configs, stacked on base.yaml
 
 
 @pytest.fixture(scope="module")
