@@ -154,7 +154,7 @@ class SanaFlowModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.flow_step(batch, self._generator(self.global_rank, self.current_epoch, batch_idx))
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
         if batch.get("skipped"):
             self.skipped_samples += int(batch["skipped"])
             self.log("data/skipped_samples", float(self.skipped_samples), reduce_fx="sum", sync_dist=True)
@@ -173,7 +173,7 @@ class SanaFlowModule(L.LightningModule):
         noisy = add_noise(x0, noise, sigmas)
         for name, transformer in self.transformers().items():
             loss = flow_loss(self.velocity(transformer, noisy, sigmas, embeds, mask), x0, noise)
-            self.log(f"val/{name}", loss, prog_bar=name == "loss", sync_dist=True)
+            self.log(f"val/{name}", loss, prog_bar=name == "loss", sync_dist=True, batch_size=len(x0))
 
     def transformers(self) -> dict[str, torch.nn.Module]:
         """The trained weights, and their EMA when kept, by the name their validation loss is logged under."""
