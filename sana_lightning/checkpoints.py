@@ -20,7 +20,10 @@ def resolve_path(path: str) -> str:
             raise FileNotFoundError(f"no checkpoint matches '{path}': train one first with `{TRAIN_COMMAND}`")
         return matches[-1]
     if not Path(path).exists():
-        raise FileNotFoundError(f"checkpoint '{path}' does not exist: train one first with `{TRAIN_COMMAND}`")
+        raise FileNotFoundError(
+            f"'{path}' does not exist: give a sana-lightning checkpoint (train one with `{TRAIN_COMMAND}`) "
+            "or a diffusers SanaTransformer2DModel directory"
+        )
     return path
 
 

@@ -1,7 +1,7 @@
 """Command line: `python -m sana_lightning.cli fit|validate|test|predict --config ...` plus data commands.
 
 Lightning subcommands come from `LightningCLI` (sweeps: stack `--config` files and `--x.y=value` overrides);
-the others (`shapes`, `shards`, `grow`) are plain functions whose typed signatures make their options.
+the others (`shapes`, `shards`, `grow`, `importance`, `prune`) are plain functions whose typed signatures make their options.
 """
 
 import json
@@ -13,9 +13,13 @@ from jsonargparse import CLI
 from lightning.pytorch.cli import LightningCLI
 
 from sana_lightning.checkpoints import load_checkpoint_transformer
+from sana_lightning.data.datamodule import ShardStream, expand_shards
 from sana_lightning.data.folder_shards import write_folder_shards
 from sana_lightning.data.shapes import write_shapes_dataset
 from sana_lightning.growth import GrowthConfig, Strategy, grow
+from sana_lightning.module import SanaFlowModule
+from sana_lightning.plots import importance_figure
+from sana_lightning.pruning import METRICS, Importance, block_importance, prune, select_blocks
 
 
 
@@ -39,10 +43,74 @@ def grow_checkpoint(
     return out
 
 
+def _measure_importance(
+    module: SanaFlowModule, shards: str, batch_size: int, num_sigmas: int, loss_delta: bool, seed: int
+) -> Importance:
+    stream = ShardStream(expand_shards(shards), batch_size, module.hparams.image_size, 1, shuffle_buffer=1, seed=seed)
+    calibration = module.calibration_batch(next(iter(stream)), seed)
+    return block_importance(module.transformer, calibration, module.calibration_sigmas(num_sigmas), loss_delta)
+
+
+def _write_importance(importance: Importance, out: Path, record: dict, removed: list[int] | None = None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "importance.json").write_text(json.dumps(record | importance.to_dict(), indent=2))
+    importance_figure(importance, removed).savefig(out / "importance.png", dpi=110)
+    for metric, scores in importance.scores.items():
+        print(f"{metric:>10}: " + " ".join(f"{v:.4f}" for v in scores.tolist()))
+
+
+def importance_report(
+    checkpoint: str,
+    out_dir: str = "reports/importance",
+    shards: str = "data/shapes/val-*.tar",
+    batch_size: int = 32,
+    num_sigmas: int = 10,
+    loss_delta: bool = True,
+    seed: int = 0,
+) -> Importance:
+    """Block importance of a checkpoint on a calibration batch of `shards`: `importance.json` and `.png`."""
+    module = SanaFlowModule.from_checkpoint(checkpoint)
+    importance = _measure_importance(module, shards, batch_size, num_sigmas, loss_delta, seed)
+    _write_importance(importance, Path(out_dir), {"checkpoint": checkpoint})
+    return importance
+
+
+def prune_checkpoint(
+    checkpoint: str,
+    out_dir: str,
+    target_depth: int,
+    criterion: str = "cosine",
+    protect_ends: bool = False,
+    shards: str = "data/shapes/val-*.tar",
+    batch_size: int = 32,
+    num_sigmas: int = 10,
+    seed: int = 0,
+) -> Path:
+    """Remove the least important blocks by `criterion` (cosine, angular, loss_delta; or the baselines random,
+    last) down to `target_depth`; write a diffusers directory and `prune.json`."""
+    module = SanaFlowModule.from_checkpoint(checkpoint)
+    depth = len(module.transformer.transformer_blocks)
+    importance = None
+    if criterion in METRICS:
+        importance = _measure_importance(module, shards, batch_size, num_sigmas, criterion == "loss_delta", seed)
+    removed = select_blocks(depth, target_depth, criterion, importance, protect_ends, seed)
+    out = Path(out_dir)
+    prune(module.transformer, removed).save_pretrained(out)
+    record = {"checkpoint": checkpoint, "criterion": criterion, "removed": removed,
+              "kept": [i for i in range(depth) if i not in removed]}
+    (out / "prune.json").write_text(json.dumps(record, indent=2))
+    if importance is not None:
+        _write_importance(importance, out, record, removed)
+    print(f"removed blocks {removed} ({criterion}): {depth} -> {target_depth} blocks in {out}")
+    return out
+
+
 COMMANDS = {
     "shapes": write_shapes_dataset,
     "shards": write_folder_shards,
     "grow": grow_checkpoint,
+    "importance": importance_report,
+    "prune": prune_checkpoint,
 }
 
 

@@ -1,7 +1,5 @@
 """`GrowthModule`: flow-matching training of a model grown from a smaller trained Sana (SANA 1.5 depth growth)."""
 
-from dataclasses import asdict
-
 from diffusers import SanaTransformer2DModel
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -36,8 +34,6 @@ class GrowthModule(SanaFlowModule):
         log_block_norms_every_n_steps: int = 50,
         **kwargs,
     ) -> None:
-        # save_hyperparameters (in the parent) reads these locals: keep them plain for weights_only loading.
-        growth = asdict(_config(GrowthConfig, growth))  # noqa: F841
         super().__init__(**kwargs)
 
     def _build_transformer(self, preset: str, overrides: dict, pretrained: str | None) -> SanaTransformer2DModel:
@@ -47,7 +43,7 @@ class GrowthModule(SanaFlowModule):
             if source.config[key] != target[key]:
                 raise ValueError(f"source has {key}={source.config[key]} but the target ({preset}) has {key}={target[key]}")
         self._check_io(source, f"source '{self.hparams.source}'")
-        grown, origins = grow(source, GrowthConfig(**self.hparams.growth))
+        grown, origins = grow(source, _config(GrowthConfig, self.hparams.growth))
         self.block_origins = origins
         self.block_labels = ["new" if o is None else f"src{o}" for o in origins]
         return grown

@@ -1,6 +1,6 @@
 """`SanaFlowModule`: flow-matching training of a diffusers `SanaTransformer2DModel` with frozen text and image codecs."""
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass, replace
 from typing import Any
 
 import lightning as L
@@ -11,11 +11,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from sana_lightning.autoencoder import load_autoencoder
 from sana_lightning.flow import FlowConfig, add_noise, caption_drop_mask, flow_loss, sample_sigmas, timesteps_from_sigmas
-from sana_lightning.presets import build_transformer, load_transformer
-from sana_lightning.sampling import SamplerConfig, denoise, initial_noise
+from sana_lightning.checkpoints import load_checkpoint_transformer
+from sana_lightning.presets import build_transformer
+from sana_lightning.pruning import CalibrationBatch
+from sana_lightning.sampling import SamplerConfig, denoise, initial_noise, make_scheduler
 from sana_lightning.text_encoder import TextEncoder
 
-FROZEN_PREFIXES = ("text_encoder.", "autoencoder.")
 
 
 @dataclass
@@ -52,6 +53,8 @@ class SanaFlowModule(L.LightningModule):
     The text encoder and autoencoder are loaded from their paths and never stored in checkpoints.
     """
 
+    frozen_prefixes: tuple[str, ...] = ("text_encoder.", "autoencoder.")
+
     def __init__(
         self,
         preset: str = "small",
@@ -73,10 +76,9 @@ class SanaFlowModule(L.LightningModule):
         autoencoder = _config(AutoencoderConfig, autoencoder)
         self.flow = _config(FlowConfig, flow)
         self.sampler = _config(SamplerConfig, sampler)
-        # Plain dicts in the hyper-parameters keep checkpoints loadable with `weights_only=True`.
-        text_encoder, autoencoder, flow, sampler = map(asdict, (text_encoder, autoencoder, self.flow, self.sampler))
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        text_encoder, autoencoder = TextEncoderConfig(**text_encoder), AutoencoderConfig(**autoencoder)
+        # Plain dicts in the hyper-parameters (also those of subclasses) keep checkpoints `weights_only` loadable.
+        self.hparams.update({k: asdict(v) for k, v in self.hparams.items() if is_dataclass(v)})
         self.text_encoder = TextEncoder(text_encoder.path, text_encoder.max_length, text_encoder.complex_human_instruction)
         self.autoencoder = load_autoencoder(autoencoder.path, autoencoder.subfolder)
         latent_default = {"sample_size": image_size // self.autoencoder.downsample_factor}
@@ -107,7 +109,7 @@ class SanaFlowModule(L.LightningModule):
     def _build_transformer(self, preset: str, overrides: dict, pretrained: str | None) -> SanaTransformer2DModel:
         """From a preset (+ overrides) or a local diffusers directory; its input/caption widths must fit the codecs."""
         if pretrained:
-            model = load_transformer(pretrained)
+            model = load_checkpoint_transformer(pretrained)
             self._check_io(model, f"transformer '{pretrained}'")
             return model
         io_channels = self._io_channels()
@@ -144,13 +146,19 @@ class SanaFlowModule(L.LightningModule):
         embeds, mask = self.text_encoder(captions)
         return self.autoencoder.encode(batch["image"]), embeds, mask
 
-    def flow_step(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
-        """The training loss of one batch; all randomness (dropout, noise, noise levels) drawn from `generator`."""
+    def flow_inputs(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Everything one training step feeds the transformer; all randomness (dropout, noise, noise levels)
+        drawn from `generator`."""
         x0, embeds, mask = self.encode_batch(batch, generator)
         noise = torch.randn(x0.shape, generator=generator).to(x0)
         sigmas = sample_sigmas(len(x0), self.flow, generator)
-        prediction = self.velocity(self.transformer, add_noise(x0, noise, sigmas), sigmas, embeds, mask)
-        return flow_loss(prediction, x0, noise)
+        return dict(x0=x0, noise=noise, sigmas=sigmas, noisy=add_noise(x0, noise, sigmas), embeds=embeds, mask=mask)
+
+    def flow_step(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """The training loss of one batch."""
+        inputs = self.flow_inputs(batch, generator)
+        prediction = self.velocity(self.transformer, inputs["noisy"], inputs["sigmas"], inputs["embeds"], inputs["mask"])
+        return flow_loss(prediction, inputs["x0"], inputs["noise"])
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.flow_step(batch, self._generator(self.global_rank, self.current_epoch, batch_idx))
@@ -175,6 +183,20 @@ class SanaFlowModule(L.LightningModule):
             loss = flow_loss(self.velocity(transformer, noisy, sigmas, embeds, mask), x0, noise)
             self.log(f"val/{name}", loss, prog_bar=name == "loss", sync_dist=True, batch_size=len(x0))
 
+    def calibration_batch(self, batch: dict, seed: int = 0) -> CalibrationBatch:
+        """Fixed inputs for block-importance statistics: clean latents and embeddings of `batch`, seeded noise."""
+        with torch.no_grad():
+            x0 = self.autoencoder.encode(batch["image"].to(self.device))
+            embeds, mask = self.text_encoder(batch["caption"])
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0)
+        return CalibrationBatch(x0, embeds, mask, noise)
+
+    def calibration_sigmas(self, steps: int = 10) -> list[float]:
+        """The noise levels the sampler visits in `steps` steps (the default calibration timesteps)."""
+        scheduler = make_scheduler(replace(self.sampler, steps=steps))
+        scheduler.set_timesteps(steps)
+        return [float(s) for s in scheduler.sigmas[:-1]]
+
     def transformers(self) -> dict[str, torch.nn.Module]:
         """The trained weights, and their EMA when kept, by the name their validation loss is logged under."""
         return {"loss": self.transformer} | ({"loss_ema": self.ema.module} if self.ema is not None else {})
@@ -195,14 +217,28 @@ class SanaFlowModule(L.LightningModule):
     # ------------------------------------------------------------------------------------ checkpoints (frozen parts)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(FROZEN_PREFIXES)}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(self.frozen_prefixes)}
         checkpoint["transformer_config"] = dict(self.transformer.config)  # rebuilds it without this code's presets
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        frozen = {k: v for k, v in self.state_dict().items() if k.startswith(FROZEN_PREFIXES)}
+        frozen = {k: v for k, v in self.state_dict().items() if k.startswith(self.frozen_prefixes)}
         checkpoint["state_dict"] = {**checkpoint["state_dict"], **frozen}
 
     # ------------------------------------------------------------------------------------------------- sampling
+
+    @staticmethod
+    def from_checkpoint(path: str, weights: str = "ema") -> "SanaFlowModule":
+        """Any sana-lightning checkpoint (flow, growth, recovery) as a plain module for sampling and analysis:
+        its transformer (EMA weights by default) and the encoders it was trained with."""
+        from sana_lightning.checkpoints import resolve_path
+
+        path = resolve_path(path)
+        hparams = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]
+        keys = ("text_encoder", "autoencoder", "flow", "sampler", "image_size", "caption_dropout", "seed")
+        module = SanaFlowModule(pretrained=path, ema_decay=None, **{k: hparams[k] for k in keys})  # EMA weights
+        if weights != "ema":
+            module.transformer.load_state_dict(load_checkpoint_transformer(path, weights).state_dict())
+        return module.eval()
 
     @torch.no_grad()
     def generate(

@@ -4,13 +4,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from jsonargparse import ActionConfigFile, ArgumentParser
 
-from sana_lightning.cli import SanaCLI
+from sana_lightning.cli import COMMANDS, SanaCLI
 from sana_lightning.module import SanaFlowModule
 from sana_lightning.presets import build_transformer
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 OVERLAYS = {"tiny.yaml", "came8bit.yaml"}  # partial configs, stacked on base.yaml
+COMMAND_CONFIGS = {"prune.yaml": "prune"}  # configs of data/model commands rather than of `fit`
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +25,26 @@ def small_source(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def small_diffusers_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pruned") / "small"
+    build_transformer("small", caption_channels=384, num_layers=3).save_pretrained(path)
+    return path
+
+
 @pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
-def test_every_config_parses_against_the_code(config, small_source, tmp_path, monkeypatch):
+def test_every_config_parses_against_the_code(config, small_source, small_diffusers_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    if config.name in COMMAND_CONFIGS:
+        parser = ArgumentParser()
+        parser.add_argument("--config", action=ActionConfigFile)
+        parser.add_function_arguments(COMMANDS[COMMAND_CONFIGS[config.name]])
+        assert parser.parse_args(["--config", str(config)]).target_depth > 0
+        return
     args = ["--config", str(CONFIGS / "base.yaml")] * (config.name in OVERLAYS) + ["--config", str(config)]
-    if "source:" in config.read_text():
-        args.append(f"--model.init_args.source={small_source}")
+    text = config.read_text()
+    for key, value in (("source", small_source), ("teacher", small_source), ("pruned", small_diffusers_dir)):
+        if f"    {key}:" in text:
+            args.append(f"--model.init_args.{key}={value}")
     cli = SanaCLI(args=args, run=False)
     assert isinstance(cli.model, SanaFlowModule) and cli.trainer is not None

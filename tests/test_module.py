@@ -91,7 +91,7 @@ def test_pretrained_transformer_from_a_local_diffusers_directory(tmp_path):
     build_transformer("tiny", caption_channels=2304).save_pretrained(tmp_path / "gemma-sized")
     with pytest.raises(ValueError, match="has caption_channels=2304 but the text encoder / autoencoder give 384"):
         tiny_module(pretrained=str(tmp_path / "gemma-sized"))
-    with pytest.raises(FileNotFoundError, match="transformer path '.*missing' does not exist"):
+    with pytest.raises(FileNotFoundError, match="'.*missing' does not exist: give a sana-lightning checkpoint"):
         tiny_module(pretrained=str(tmp_path / "missing"))
 
 

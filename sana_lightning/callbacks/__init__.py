@@ -1,6 +1,7 @@
 """Lightning callbacks."""
 
+from sana_lightning.callbacks.block_importance import BlockImportanceCallback
 from sana_lightning.callbacks.block_norms import BlockUpdateNorms
 from sana_lightning.callbacks.sample_grid import SampleGrid
 
-__all__ = ["BlockUpdateNorms", "SampleGrid"]
+__all__ = ["BlockImportanceCallback", "BlockUpdateNorms", "SampleGrid"]

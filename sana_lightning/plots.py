@@ -1,0 +1,41 @@
+"""Matplotlib figures of block importance, as PNG files or TensorBoard images."""
+
+import io
+
+import matplotlib
+import numpy as np
+import torch
+from PIL import Image
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from sana_lightning.pruning import Importance  # noqa: E402
+
+
+def importance_figure(importance: Importance, removed: list[int] | None = None) -> plt.Figure:
+    """One bar chart per metric (removed blocks in red) and the block x noise-level heat map of each."""
+    metrics = list(importance.per_sigma)
+    figure, axes = plt.subplots(2, len(metrics), figsize=(4.2 * len(metrics), 7), squeeze=False)
+    removed = set(removed or [])
+    for column, metric in enumerate(metrics):
+        scores = importance.scores[metric].numpy()
+        colors = ["tab:red" if i in removed else "tab:blue" for i in range(len(scores))]
+        axes[0, column].bar(range(len(scores)), scores, color=colors)
+        axes[0, column].set(title=f"{metric} importance", xlabel="block")
+        heat = axes[1, column].imshow(importance.per_sigma[metric].numpy(), aspect="auto", cmap="viridis")
+        ticks = range(0, len(importance.sigmas), max(1, len(importance.sigmas) // 5))
+        axes[1, column].set_xticks(list(ticks), [f"{importance.sigmas[t]:.2f}" for t in ticks])
+        axes[1, column].set(xlabel="noise level sigma", ylabel="block")
+        figure.colorbar(heat, ax=axes[1, column])
+    figure.tight_layout()
+    return figure
+
+
+def figure_to_tensor(figure: plt.Figure) -> torch.Tensor:
+    """A `[3, H, W]` uint8 image of the figure (for TensorBoard `add_image`); closes the figure."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    array = np.asarray(Image.open(buffer).convert("RGB"))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
