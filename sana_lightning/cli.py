@@ -1,12 +1,12 @@
 """Command line: `python -m sana_lightning.cli fit|validate|test|predict --config ...` plus data commands.
 
 Lightning subcommands come from `LightningCLI` (sweeps: stack `--config` files and `--x.y=value` overrides);
-the others (`shapes`, `shards`, `grow`, `importance`, `prune`) are plain functions whose typed signatures make their options.
+the others (`shapes`, `shards`, `grow`, `importance`, `prune`, `generate`, `geneval`) are plain functions whose typed signatures make their options.
 """
 
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from jsonargparse import CLI
@@ -16,7 +16,11 @@ from sana_lightning.checkpoints import load_checkpoint_transformer
 from sana_lightning.data.datamodule import ShardStream, expand_shards
 from sana_lightning.data.folder_shards import write_folder_shards
 from sana_lightning.data.shapes import write_shapes_dataset
+from sana_lightning.eval.folder import score_folder, write_folder
+from sana_lightning.eval.geneval import format_summary, read_metadata, summarize
+from sana_lightning.eval.transformers_detector import make_detector
 from sana_lightning.growth import GrowthConfig, Strategy, grow
+from sana_lightning.images import to_pil
 from sana_lightning.module import SanaFlowModule
 from sana_lightning.plots import importance_figure
 from sana_lightning.pruning import METRICS, Importance, block_importance, prune, select_blocks
@@ -105,12 +109,50 @@ def prune_checkpoint(
     return out
 
 
+def generate_images(
+    checkpoint: str,
+    out_dir: str,
+    metadata: str = "data/shapes/metadata.jsonl",
+    images_per_prompt: int = 4,
+    batch_size: int = 32,
+    seed: int = 0,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+) -> Path:
+    """Generate GenEval's image folder (`<out_dir>/00000/samples/0000.png ...`) for a metadata file; resumable."""
+    module = SanaFlowModule.from_checkpoint(checkpoint)
+    sampler = replace(module.sampler, **{k: v for k, v in (("steps", steps), ("guidance_scale", guidance_scale)) if v})
+
+    def generate(prompts: list[str], seeds: list[int]) -> list:
+        return [to_pil(image) for image in module.generate(prompts, seeds, sampler, batch_size=batch_size)]
+
+    return write_folder(out_dir, read_metadata(metadata), images_per_prompt, generate, batch_size, seed)
+
+
+def geneval_score(
+    image_dir: str,
+    detector: str = "shapes",
+    detector_path: str | None = None,
+    clip_path: str | None = None,
+    out_file: str | None = None,
+) -> dict:
+    """Score a GenEval image folder; print GenEval's summary and write per-image results + summary as JSON."""
+    results = score_folder(image_dir, make_detector(detector, detector_path, clip_path))
+    summary = summarize(results)
+    print(format_summary(summary))
+    out = Path(out_file or Path(image_dir) / "geneval.json")
+    out.write_text(json.dumps({"summary": summary, "images": [asdict(r) for r in results]}, indent=2))
+    return summary
+
+
 COMMANDS = {
     "shapes": write_shapes_dataset,
     "shards": write_folder_shards,
     "grow": grow_checkpoint,
     "importance": importance_report,
     "prune": prune_checkpoint,
+    "generate": generate_images,
+    "geneval": geneval_score,
 }
 
 

@@ -113,7 +113,7 @@ class SceneSampler:
                 size = self.rng.uniform(*scale) * self.size
                 cx = self.rng.uniform(rx0 * self.size + size / 2 + 1, rx1 * self.size - size / 2 - 1)
                 cy = self.rng.uniform(ry0 * self.size + size / 2 + 1, ry1 * self.size - size / 2 - 1)
-                if all(max(abs(cx - x), abs(cy - y)) > (size + s) / 2 + 1 for x, y, s in found):
+                if all(max(abs(cx - x), abs(cy - y)) > (size + s) / 2 + 2 for x, y, s in found):  # 2px apart
                     found.append((cx, cy, size))
             if len(found) == len(placed) + count:
                 return found[len(placed):]

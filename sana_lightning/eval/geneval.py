@@ -1,8 +1,46 @@
-"""GenEval's scoring rules, written from its definition (Ghosh et al., 2023)."""
+"""GenEval's scoring rules (Ghosh et al., 2023), written from its definition.
+
+An image is correct when every `include` clause finds at least `count` detections of its class (colour and
+position checked on the `count` most confident only) and no `exclude` clause finds `count` or more. Detections
+count above confidence 0.3 (0.9 for the counting task), at most 16 per class. The overall score is the unweighted
+mean of the six per-task image accuracies.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
+from PIL import Image
 
+TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
+RELATIONS = ("left of", "right of", "above", "below")
+THRESHOLD = 0.3
+COUNTING_THRESHOLD = 0.9
+MAX_OBJECTS = 16
 POSITION_THRESHOLD = 0.1
+
+
+@dataclass
+class Detection:
+    """One detected object: box (x0, y0, x1, y1, pixels, y down), confidence, optional mask and colour."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    mask: np.ndarray | None = field(default=None, repr=False)
+    color: str | None = None
+
+
+class Detector(Protocol):
+    """What GenEval needs from a detector backend."""
+
+    def detect(self, image: Image.Image) -> dict[str, list[Detection]]:
+        """All detections of the image by class name, any confidence."""
+
+    def colors(self, image: Image.Image, detections: list[Detection], classname: str) -> list[str]:
+        """The GenEval colour name of each detection."""
 
 
 def relative_position(box_a, box_b) -> set[str]:
@@ -26,3 +64,133 @@ def relative_position(box_a, box_b) -> set[str]:
     if dy > 0.5:
         relations.add("below")
     return relations
+
+
+def keep_confident(detections: dict[str, list[Detection]], tag: str) -> dict[str, list[Detection]]:
+    """Per class: detections above the task's threshold, most confident first, at most 16."""
+    threshold = COUNTING_THRESHOLD if tag == "counting" else THRESHOLD
+    kept = {}
+    for classname, found in detections.items():
+        confident = sorted((d for d in found if d.score > threshold), key=lambda d: -d.score)[:MAX_OBJECTS]
+        if confident:
+            kept[classname] = confident
+    return kept
+
+
+def evaluate(image: Image.Image, detections: dict[str, list[Detection]], metadata: dict, detector: Detector) -> tuple[bool, str]:
+    """GenEval's verdict on one image given its (already thresholded, sorted) detections, and the reasons."""
+    correct, reasons, matched_groups = True, [], []
+    for clause in metadata.get("include", []):
+        classname, count = clause["class"], clause["count"]
+        found = detections.get(classname, [])[:count]
+        matched = len(found) >= count
+        if not matched:
+            reasons.append(f"expected {classname}>={count}, found {len(found)}")
+        if matched and "color" in clause:
+            colors = detector.colors(image, found, classname)
+            if colors.count(clause["color"]) < count:
+                matched = False
+                reasons.append(f"expected {clause['color']} {classname}>={count}, found {', '.join(colors)}")
+        if matched and "position" in clause:
+            relation, target = clause["position"]
+            targets = matched_groups[target]
+            if targets is None:
+                matched = False
+                reasons.append(f"no target for {classname} to be {relation}")
+            else:
+                for obj in found:
+                    wrong = next((t for t in targets if relation not in relative_position(obj.box, t.box)), None)
+                    if wrong is not None:
+                        matched = False
+                        found_relations = " and ".join(sorted(relative_position(obj.box, wrong.box))) or "no relation"
+                        reasons.append(f"expected {classname} {relation} target, found {found_relations}")
+                        break
+        correct &= matched
+        matched_groups.append(found if matched else None)
+    for clause in metadata.get("exclude", []):
+        present = len(detections.get(clause["class"], []))
+        if present >= clause["count"]:
+            correct = False
+            reasons.append(f"expected {clause['class']}<{clause['count']}, found {present}")
+    return correct, "\n".join(reasons)
+
+
+def score_image(image: Image.Image, metadata: dict, detector: Detector) -> tuple[bool, str]:
+    """Detect, threshold and evaluate one generated image against its GenEval metadata."""
+    return evaluate(image, keep_confident(detector.detect(image), metadata["tag"]), metadata, detector)
+
+
+def validate_metadata(record: dict, where: str) -> dict:
+    if record.get("tag") not in TASKS:
+        raise ValueError(f"{where}: tag {record.get('tag')!r} is not a GenEval task ({', '.join(TASKS)})")
+    if not isinstance(record.get("prompt"), str) or not isinstance(record.get("include"), list):
+        raise ValueError(f"{where}: a GenEval record needs a 'prompt' string and an 'include' list")
+    for clause in record["include"] + record.get("exclude", []):
+        if not isinstance(clause, dict) or "class" not in clause or not isinstance(clause.get("count"), int):
+            raise ValueError(f"{where}: every include/exclude clause needs 'class' and an integer 'count'")
+        if "color" in clause and clause["color"] not in COLORS:
+            raise ValueError(f"{where}: colour {clause['color']!r} is not one of GenEval's {', '.join(COLORS)}")
+        if "position" in clause:
+            relation, target = clause["position"]
+            if relation not in RELATIONS or not 0 <= target < len(record["include"]):
+                raise ValueError(f"{where}: position {clause['position']!r} needs a relation of {RELATIONS} and an include index")
+    return record
+
+
+def read_metadata(path: str | Path) -> list[dict]:
+    """GenEval `metadata.jsonl`: one prompt record a line; a malformed line is an error naming it."""
+    records = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from error
+        records.append(validate_metadata(record, f"{path}:{number}"))
+    return records
+
+
+@dataclass
+class ImageResult:
+    tag: str
+    prompt_index: int
+    correct: bool
+    reason: str = ""
+
+
+def summarize(results: list[ImageResult]) -> dict:
+    """GenEval's summary: % correct images, % prompts with at least one correct image, per-task accuracy and the
+    overall score (mean over the tasks present)."""
+    if not results:
+        raise ValueError("no images to summarise")
+    by_prompt: dict[int, bool] = {}
+    for r in results:
+        by_prompt[r.prompt_index] = by_prompt.get(r.prompt_index, False) or r.correct
+    tasks = {}
+    for tag in TASKS:
+        chosen = [r.correct for r in results if r.tag == tag]
+        if chosen:
+            tasks[tag] = {"accuracy": sum(chosen) / len(chosen), "correct": sum(chosen), "total": len(chosen)}
+    return {
+        "images": len(results),
+        "prompts": len(by_prompt),
+        "correct_images": sum(r.correct for r in results) / len(results),
+        "correct_prompts": sum(by_prompt.values()) / len(by_prompt),
+        "tasks": tasks,
+        "overall": float(np.mean([t["accuracy"] for t in tasks.values()])),
+    }
+
+
+def format_summary(summary: dict) -> str:
+    lines = [
+        f"Total images: {summary['images']}",
+        f"Total prompts: {summary['prompts']}",
+        f"% correct images: {summary['correct_images']:.2%}",
+        f"% correct prompts: {summary['correct_prompts']:.2%}",
+        "",
+    ]
+    for tag, task in summary["tasks"].items():
+        lines.append(f"{tag:<16} = {task['accuracy']:.2%} ({task['correct']} / {task['total']})")
+    lines += ["", f"Overall score (avg. over tasks): {summary['overall']:.5f}"]
+    return "\n".join(lines)

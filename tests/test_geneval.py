@@ -1,0 +1,235 @@
+import json
+import random
+import string
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sana_lightning.data.shapes import COLORS as PALETTE
+from sana_lightning.data.shapes import TASKS, SceneSampler, ShapeObject, render
+from sana_lightning.eval.folder import score_folder, write_folder
+from sana_lightning.eval.geneval import (
+    Detection,
+    ImageResult,
+    evaluate,
+    format_summary,
+    keep_confident,
+    read_metadata,
+    relative_position,
+    score_image,
+    summarize,
+)
+from sana_lightning.eval.metric import GenEvalScore
+from sana_lightning.eval.shapes_detector import ShapesDetector
+from sana_lightning.eval.transformers_detector import TransformersDetector
+
+BLANK = Image.new("RGB", (64, 64))
+
+
+class ColorsFromDetections:
+    """Colour lookup for hand-built detections (the colour is part of the test input)."""
+
+    def colors(self, image, detections, classname):
+        return [d.color for d in detections]
+
+
+def det(x0, y0, x1, y1, score=1.0, color=None):
+    return Detection((x0, y0, x1, y1), score, color=color)
+
+
+def verdict(detections, metadata):
+    return evaluate(BLANK, keep_confident(detections, metadata["tag"]), metadata, ColorsFromDetections())
+
+
+def test_counting_needs_confidence_above_0_9_and_respects_exclude():
+    meta = {"tag": "counting", "include": [{"class": "dog", "count": 2}], "exclude": [{"class": "dog", "count": 3}], "prompt": "two dogs"}
+    assert verdict({"dog": [det(0, 0, 5, 5, 0.95), det(10, 10, 15, 15, 0.91)]}, meta)[0]
+    ok, reason = verdict({"dog": [det(0, 0, 5, 5, 0.95), det(10, 10, 15, 15, 0.9)]}, meta)  # 0.9 is not above 0.9
+    assert not ok and reason == "expected dog>=2, found 1"
+    ok, reason = verdict({"dog": [det(0, 0, 5, 5, 0.95)] * 3}, meta)
+    assert not ok and reason == "expected dog<3, found 3"
+    other = {"tag": "two_object", "include": [{"class": "dog", "count": 1}], "prompt": "a dog"}
+    assert verdict({"dog": [det(0, 0, 5, 5, 0.31)]}, other)[0] and not verdict({"dog": [det(0, 0, 5, 5, 0.3)]}, other)[0]
+
+
+def test_colour_is_checked_on_the_most_confident_objects_only():
+    meta = {"tag": "colors", "include": [{"class": "car", "count": 1, "color": "red"}], "prompt": "a red car"}
+    assert verdict({"car": [det(0, 0, 5, 5, 0.5, "blue"), det(9, 9, 20, 20, 0.8, "red")]}, meta)[0]
+    ok, reason = verdict({"car": [det(0, 0, 5, 5, 0.9, "blue"), det(9, 9, 20, 20, 0.8, "red")]}, meta)
+    assert not ok and reason == "expected red car>=1, found blue"
+
+
+def test_position_rule_and_its_threshold_boundary():
+    # Equal 10x10 boxes on one row: the x offset is reduced by 0.1 * (10 + 10) = 2 before normalising.
+    assert relative_position((0, 0, 10, 10), (30, 0, 40, 10)) == {"left of"}
+    assert relative_position((0, 0, 10, 10), (1, 0, 11, 10)) == set()  # |dx| = 1 < 2: no relation at all
+    # Diagonal offset (dx, dy) = (-10, -9): revised (-8, -7) / 13.45 = (-0.59, -0.52): both relations.
+    assert relative_position((0, 0, 10, 10), (10, 9, 20, 19)) == {"left of", "above"}
+    # (dx, dy) = (-10, -6): dy revised -4 / 11.66 = -0.34: left of only.
+    assert relative_position((0, 0, 10, 10), (10, 6, 20, 16)) == {"left of"}
+    meta = {"tag": "position", "prompt": "a cat left of a dog",
+            "include": [{"class": "dog", "count": 1}, {"class": "cat", "count": 1, "position": ["left of", 0]}]}
+    assert verdict({"dog": [det(30, 0, 40, 10)], "cat": [det(0, 0, 10, 10)]}, meta)[0]
+    ok, reason = verdict({"dog": [det(0, 0, 10, 10)], "cat": [det(30, 0, 40, 10)]}, meta)
+    assert not ok and reason == "expected cat left of target, found right of"
+    ok, reason = verdict({"cat": [det(0, 0, 10, 10)]}, meta)
+    assert not ok and reason == "expected dog>=1, found 0\nno target for cat to be left of"
+
+
+def test_malformed_metadata_names_the_line(tmp_path):
+    path = tmp_path / "metadata.jsonl"
+    good = json.dumps({"tag": "single_object", "include": [{"class": "cat", "count": 1}], "prompt": "a cat"})
+    path.write_text(good + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"metadata.jsonl:2: not valid JSON"):
+        read_metadata(path)
+    path.write_text(good + "\n" + json.dumps({"tag": "style", "include": [], "prompt": "x"}) + "\n")
+    with pytest.raises(ValueError, match=r"metadata.jsonl:2: tag 'style' is not a GenEval task"):
+        read_metadata(path)
+    path.write_text(json.dumps({"tag": "colors", "include": [{"class": "cat", "count": 1, "color": "teal"}], "prompt": "x"}))
+    with pytest.raises(ValueError, match=r"metadata.jsonl:1: colour 'teal' is not one of GenEval's"):
+        read_metadata(path)
+
+
+def ground_truth(size=32, per_task=40, seed=0):
+    sampler = SceneSampler(size, random.Random(seed))
+    return [sampler.sample(tag) for tag in TASKS for _ in range(per_task)]
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_shapes_detector_scores_ground_truth_of_every_task_at_100_percent(size):
+    detector = ShapesDetector()
+    results = [score_image(render(s.objects, size), s.metadata(), detector) for s in ground_truth(size)]
+    assert all(ok for ok, _ in results), [why for ok, why in results if not ok][:3]
+
+
+def test_shapes_detector_scores_wrong_images_at_0_percent():
+    detector = ShapesDetector()
+    for scene in ground_truth(per_task=15, seed=1):
+        meta, objects = scene.metadata(), scene.objects
+        if scene.tag in ("colors", "color_attr"):
+            wrong = [ShapeObject(o.shape, next(c for c in PALETTE if c != o.color), o.cx, o.cy, o.size) for o in objects]
+        elif scene.tag == "counting":
+            wrong = objects[:-1]
+        elif scene.tag == "position":
+            a, b = objects  # swap the two objects' places
+            wrong = [ShapeObject(a.shape, a.color, b.cx, b.cy, a.size), ShapeObject(b.shape, b.color, a.cx, a.cy, b.size)]
+        else:  # single / two objects: a shape the prompt does not ask for, in the same places
+            other = next(s for s in ("circle", "square", "triangle") if s not in {o.shape for o in objects})
+            wrong = [ShapeObject(other, o.color, o.cx, o.cy, o.size) for o in objects]
+        assert not score_image(render(wrong, 32), meta, detector)[0], (scene.tag, scene.prompt)
+
+
+def test_summary_and_metric_follow_geneval():
+    results = [ImageResult("single_object", 0, True), ImageResult("single_object", 0, False),
+               ImageResult("counting", 1, False), ImageResult("counting", 2, True), ImageResult("counting", 2, True)]
+    summary = summarize(results)
+    assert summary["correct_prompts"] == pytest.approx(2 / 3) and summary["correct_images"] == 0.6
+    assert summary["overall"] == pytest.approx((0.5 + 2 / 3) / 2)
+    assert "counting         = 66.67% (2 / 3)" in format_summary(summary)
+    metric = GenEvalScore()
+    metric.update([r.tag for r in results[:2]], [r.correct for r in results[:2]])
+    metric.update([r.tag for r in results[2:]], [r.correct for r in results[2:]])
+    scores = metric.compute()
+    assert scores["overall"].item() == pytest.approx(summary["overall"]) and torch.isnan(scores["position"])
+
+
+def test_folder_layout_round_trip_and_resume(tmp_path):
+    scenes = ground_truth(per_task=1)
+    calls = []
+
+    def generate(prompts, seeds):
+        calls.append(seeds)
+        by_prompt = {s.prompt: s for s in scenes}
+        return [render(by_prompt[p].objects, 32) for p in prompts]
+
+    records = [s.metadata() for s in scenes]
+    write_folder(tmp_path, records, 2, generate, batch_size=5)
+    assert (tmp_path / "00005/samples/0001.png").exists() and json.loads((tmp_path / "00005/metadata.jsonl").read_text()) == records[5]
+    assert sorted(sum(calls, [])) == list(range(12))
+    (tmp_path / "00003/samples/0000.png").unlink()
+    calls.clear()
+    write_folder(tmp_path, records, 2, generate)
+    assert calls == [[6]]  # only the missing image is generated again
+    summary = summarize(score_folder(tmp_path, ShapesDetector()))
+    assert summary["overall"] == 1.0 and summary["images"] == 12
+
+
+@pytest.fixture(scope="module")
+def tiny_detector_and_clip(tmp_path_factory):
+    """A randomly initialised DETR (Shapes labels) and CLIP, with processors and tokenizer, saved to disk."""
+    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer, DetrConfig,
+                              DetrForObjectDetection, DetrImageProcessor, ResNetConfig)
+
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    labels = {0: "circle", 1: "square", 2: "triangle"}
+    backbone = ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1], out_features=["stage4"])
+    detr = DetrConfig(
+        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone, d_model=16, encoder_layers=1,
+        decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16,
+        num_queries=8, id2label=labels, label2id={v: k for k, v in labels.items()},
+    )
+    DetrForObjectDetection(detr).save_pretrained(root / "detr")
+    DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}).save_pretrained(root / "detr")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in string.ascii_lowercase + "-":
+        vocab[ch], vocab[ch + "</w>"] = len(vocab), len(vocab) + 1
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"))
+    text = dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(root / "clip")
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(root / "clip")
+    return root / "detr", root / "clip"
+
+
+def test_transformers_detector_runs_end_to_end_from_local_paths(tiny_detector_and_clip):
+    detector = TransformersDetector(*map(str, tiny_detector_and_clip))
+    scene = ground_truth(per_task=1)[5]  # color_attr
+    image = render(scene.objects, 32)
+    found = detector.detect(image)
+    assert set(found) <= {"circle", "square", "triangle"} and sum(map(len, found.values())) == 8  # one per query
+    boxes = [d for ds in found.values() for d in ds]
+    assert all(0 <= d.score <= 1 and len(d.box) == 4 for d in boxes)
+    colors = detector.colors(image, boxes[:3], "circle")
+    assert len(colors) == 3 and set(colors) <= set(PALETTE)
+    ok, reason = score_image(image, scene.metadata(), detector)  # random weights: any verdict, but a verdict
+    assert isinstance(ok, bool) and isinstance(reason, str)
+
+
+def test_generate_and_geneval_commands(tiny_checkpoint, shapes_dir, tmp_path, capsys):
+    from sana_lightning.cli import main
+
+    main(["generate", str(tiny_checkpoint), str(tmp_path / "images"), "--metadata", str(shapes_dir / "metadata.jsonl"),
+          "--images_per_prompt", "2", "--steps", "2"])
+    assert len(list((tmp_path / "images").glob("*/samples/*.png"))) == 2 * 12
+    main(["geneval", str(tmp_path / "images")])
+    out = capsys.readouterr().out
+    assert "Total images: 24" in out and "Overall score (avg. over tasks):" in out
+    saved = json.loads((tmp_path / "images/geneval.json").read_text())
+    assert len(saved["images"]) == 24 and set(saved["summary"]["tasks"]) == set(TASKS)
+    with pytest.raises(FileNotFoundError, match="no GenEval prompt folders"):
+        main(["geneval", str(tmp_path / "nothing")])
+
+
+def test_geneval_callback_logs_per_task_scores(shapes_dir, tmp_path):
+    import lightning as L
+
+    from sana_lightning.callbacks import GenEvalCallback
+    from sana_lightning.data.datamodule import ShardDataModule
+    from sana_lightning.module import SanaFlowModule, TextEncoderConfig
+
+    module = SanaFlowModule(preset="tiny", text_encoder=TextEncoderConfig(max_length=8), sampler={"steps": 2}, ema_decay=None)
+    callback = GenEvalCallback(metadata=str(shapes_dir / "metadata.jsonl"), prompts_per_task=1)
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=L.pytorch.loggers.TensorBoardLogger(tmp_path),
+                        callbacks=[callback], enable_progress_bar=False, num_sanity_val_steps=0)
+    data = ShardDataModule(f"{shapes_dir}/train-*.tar", f"{shapes_dir}/val-*.tar", batch_size=4, batches_per_epoch=2, val_batches=1, num_workers=0)
+    trainer.fit(module, data)
+    metrics = trainer.callback_metrics
+    assert {f"geneval/{t}" for t in TASKS} | {"geneval/overall"} <= set(metrics)
+    assert 0 <= metrics["geneval/overall"] <= 1
