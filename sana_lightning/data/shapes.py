@@ -183,10 +183,10 @@ def _write_split(directory: Path, split: str, count: int, per_shard: int, sample
     return sorted(str(p) for p in directory.glob(f"{split}-*.tar"))
 
 
-def evaluation_metadata(prompts_per_task: int, image_size: int = 64, seed: int = 1234) -> list[dict]:
-    """GenEval-format prompts of the Shapes domain, `prompts_per_task` for each of the six tasks, seeded."""
+def evaluation_scenes(prompts_per_task: int, image_size: int = 32, seed: int = 2) -> list[Scene]:
+    """Seeded Shapes scenes, `prompts_per_task` for each of the six tasks (their metadata are GenEval prompts)."""
     sampler = SceneSampler(image_size, random.Random(seed))
-    return [sampler.sample(tag).metadata() for tag in TASKS for _ in range(prompts_per_task)]
+    return [sampler.sample(tag) for tag in TASKS for _ in range(prompts_per_task)]
 
 
 def write_shapes_dataset(
@@ -206,8 +206,8 @@ def write_shapes_dataset(
     _write_split(directory, "train", num_train, samples_per_shard, SceneSampler(image_size, random.Random(seed)))
     _write_split(directory, "val", num_val, samples_per_shard, SceneSampler(image_size, random.Random(seed + 1)))
     with open(directory / "metadata.jsonl", "w") as f:
-        for record in evaluation_metadata(eval_prompts_per_task, image_size, seed + 2):
-            f.write(json.dumps(record) + "\n")
+        for scene in evaluation_scenes(eval_prompts_per_task, image_size, seed + 2):
+            f.write(json.dumps(scene.metadata()) + "\n")
     return directory
 
 
