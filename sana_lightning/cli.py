@@ -1,11 +1,15 @@
 """Command line: `python -m sana_lightning.cli fit|validate|test|predict --config ...` plus data commands.
 
 Lightning subcommands come from `LightningCLI` (sweeps: stack `--config` files and `--x.y=value` overrides);
-the others (`shapes`, `shards`, `grow`, `importance`, `prune`, `generate`, `geneval`) are plain functions whose typed signatures make their options.
+the others (`shapes`, `shards`, `grow`, `importance`, `prune`, `generate`, `geneval`, `scale`) are plain functions whose typed signatures make their options.
 """
 
 import json
 import sys
+
+import torch
+from PIL import Image
+from torch.utils.tensorboard import SummaryWriter
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -20,7 +24,10 @@ from sana_lightning.eval.folder import score_folder, write_folder
 from sana_lightning.eval.geneval import format_summary, read_metadata, summarize
 from sana_lightning.eval.transformers_detector import make_detector
 from sana_lightning.growth import GrowthConfig, Strategy, grow
-from sana_lightning.images import to_pil
+from sana_lightning.eval.shapes_detector import ShapesDetector
+from sana_lightning.images import frame, image_grid, pil_to_tensor, to_pil
+from sana_lightning.inference_scaling import CLIPJudge, GenEvalOracleJudge, VLMJudge, scale
+from sana_lightning.inference_scaling.search import Selection
 from sana_lightning.module import SanaFlowModule
 from sana_lightning.plots import importance_figure
 from sana_lightning.pruning import METRICS, Importance, block_importance, prune, select_blocks
@@ -145,6 +152,65 @@ def geneval_score(
     return summary
 
 
+def read_prompts(path: str) -> list[dict]:
+    """GenEval-format `metadata.jsonl`, or a text file with one prompt a line (as `{"prompt": ...}` records)."""
+    if path.endswith(".jsonl"):
+        return read_metadata(path)
+    prompts = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"'{path}' holds no prompts: one prompt a line, or a GenEval metadata.jsonl")
+    return [{"prompt": p} for p in prompts]
+
+
+def make_judge(name: str, path: str | None, records: list[dict]):
+    """`oracle` (GenEval + the Shapes detector), `clip` or `vlm` (transformers models from `path`)."""
+    if name == "oracle":
+        if any("tag" not in r for r in records):
+            raise ValueError("the oracle judge needs GenEval metadata prompts (a metadata.jsonl), not plain text")
+        return GenEvalOracleJudge(ShapesDetector(), {r["prompt"]: r for r in records})
+    if name in ("clip", "vlm"):
+        if not path:
+            raise ValueError(f"the {name} judge needs judge_path: a local transformers model directory")
+        return CLIPJudge(path) if name == "clip" else VLMJudge(path)
+    raise ValueError(f"unknown judge '{name}': use oracle, clip or vlm")
+
+
+def scale_command(
+    checkpoint: str,
+    out_dir: str,
+    prompts: str = "data/shapes/metadata.jsonl",
+    num_candidates: int = 16,
+    k: int = 1,
+    judge: str = "oracle",
+    judge_path: str | None = None,
+    selection: Selection = "tournament",
+    batch_size: int = 32,
+    seed: int = 0,
+    log_dir: str = "runs/scale",
+    grid_prompts: int = 8,
+) -> dict:
+    """Inference-time scaling: `num_candidates` images a prompt, judged, best `k` kept in GenEval's layout under
+    `out_dir` (+ `scores.json`); a grid of candidates with the winners framed goes to TensorBoard in `log_dir`."""
+    module = SanaFlowModule.from_checkpoint(checkpoint)
+    records = read_prompts(prompts)
+    chosen_judge = make_judge(judge, judge_path, records)
+
+    def generate(batch_prompts: list[str], seeds: list[int]) -> list:
+        return [to_pil(image) for image in module.generate(batch_prompts, seeds, batch_size=batch_size)]
+
+    result = scale(out_dir, records, generate, chosen_judge, num_candidates, k, selection, batch_size, seed)
+    writer = SummaryWriter(log_dir)
+    for index, entry in enumerate(result["prompts"][:grid_prompts]):
+        paths = sorted((Path(out_dir) / "candidates" / f"{index:05d}" / "samples").glob("*.png"))
+        images = torch.stack([pil_to_tensor(Image.open(p).convert("RGB")) for p in paths]).float() / 255
+        writer.add_image(f"scale/{index:05d}", image_grid(frame(images, [i in entry["winners"] for i in range(len(paths))])))
+        writer.add_text(f"scale/{index:05d}", entry["prompt"])
+    writer.close()
+    print(f"{result['images_generated']} images, {result['judge_calls']} judge calls, "
+          f"{result['comparisons']} comparisons -> {out_dir}")
+    return result
+
+
 COMMANDS = {
     "shapes": write_shapes_dataset,
     "shards": write_folder_shards,
@@ -153,6 +219,7 @@ COMMANDS = {
     "prune": prune_checkpoint,
     "generate": generate_images,
     "geneval": geneval_score,
+    "scale": scale_command,
 }
 
 

@@ -31,3 +31,16 @@ def save_png(image: torch.Tensor, path: str | Path, scale: int = 1) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     to_pil(image, scale).save(path)
     return path
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB -> `[3, H, W]` uint8."""
+    return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+
+
+def frame(images: torch.Tensor, good: list[bool], width: int = 2) -> torch.Tensor:
+    """Frame each image of `[N, 3, H, W]` (in [0, 1]) green where `good`, red elsewhere."""
+    colors = torch.tensor([[0.1, 0.8, 0.1] if ok else [0.9, 0.1, 0.1] for ok in good]).view(-1, 3, 1, 1)
+    framed = colors.expand(-1, -1, images.shape[2] + 2 * width, images.shape[3] + 2 * width).clone()
+    framed[:, :, width:-width, width:-width] = images
+    return framed

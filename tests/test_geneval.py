@@ -1,6 +1,5 @@
 import json
 import random
-import string
 
 import numpy as np
 import pytest
@@ -154,38 +153,6 @@ def test_folder_layout_round_trip_and_resume(tmp_path):
     assert calls == [[6]]  # only the missing image is generated again
     summary = summarize(score_folder(tmp_path, ShapesDetector()))
     assert summary["overall"] == 1.0 and summary["images"] == 12
-
-
-@pytest.fixture(scope="module")
-def tiny_detector_and_clip(tmp_path_factory):
-    """A randomly initialised DETR (Shapes labels) and CLIP, with processors and tokenizer, saved to disk."""
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer, DetrConfig,
-                              DetrForObjectDetection, DetrImageProcessor, ResNetConfig)
-
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    labels = {0: "circle", 1: "square", 2: "triangle"}
-    backbone = ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1], out_features=["stage4"])
-    detr = DetrConfig(
-        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone, d_model=16, encoder_layers=1,
-        decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16,
-        num_queries=8, id2label=labels, label2id={v: k for k, v in labels.items()},
-    )
-    DetrForObjectDetection(detr).save_pretrained(root / "detr")
-    DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}).save_pretrained(root / "detr")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in string.ascii_lowercase + "-":
-        vocab[ch], vocab[ch + "</w>"] = len(vocab), len(vocab) + 1
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    (root / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"))
-    text = dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(root / "clip")
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(root / "clip")
-    return root / "detr", root / "clip"
 
 
 def test_transformers_detector_runs_end_to_end_from_local_paths(tiny_detector_and_clip):

@@ -7,9 +7,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from sana_lightning.eval.geneval import TASKS, read_metadata, score_image
 from sana_lightning.eval.metric import GenEvalScore
 from sana_lightning.eval.transformers_detector import make_detector
-from sana_lightning.images import image_grid, to_pil
-
-CORRECT, WRONG = torch.tensor([0.1, 0.8, 0.1]), torch.tensor([0.9, 0.1, 0.1])
+from sana_lightning.images import frame, image_grid, to_pil
 
 
 class GenEvalCallback(L.Callback):
@@ -59,11 +57,7 @@ class GenEvalCallback(L.Callback):
         self.score.reset()
         pl_module.log_dict({f"geneval/{k}": v for k, v in scores.items() if not torch.isnan(v)}, sync_dist=False)
         if trainer.is_global_zero and len(images):
-            framed = torch.stack([
-                torch.nn.functional.pad(image, (2, 2, 2, 2), value=0) + torch.nn.functional.pad(
-                    torch.zeros_like(image), (2, 2, 2, 2), value=1) * (CORRECT if ok else WRONG).view(3, 1, 1)
-                for image, ok in zip(images.cpu(), correct)
-            ])
+            framed = frame(images.cpu(), correct)
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
                     logger.experiment.add_image("geneval/samples", image_grid(framed), trainer.global_step)
