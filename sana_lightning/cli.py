@@ -1,7 +1,7 @@
 """Command line: `python -m sana_lightning.cli fit|validate|test|predict --config ...` plus data commands.
 
 Lightning subcommands come from `LightningCLI` (sweeps: stack `--config` files and `--x.y=value` overrides);
-the others (`shapes`, `shards`, `grow`, `importance`, `prune`, `generate`, `geneval`, `scale`) are plain functions whose typed signatures make their options.
+the others (`shapes`, `shards`, `grow`, `importance`, `prune`, `generate`, `geneval`, `scale`, `prompts`) are plain functions whose typed signatures make their options.
 """
 
 import json
@@ -12,6 +12,7 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Literal
 
 from jsonargparse import CLI
 from lightning.pytorch.cli import LightningCLI
@@ -24,6 +25,7 @@ from sana_lightning.eval.folder import score_folder, write_folder
 from sana_lightning.eval.geneval import format_summary, read_metadata, summarize
 from sana_lightning.eval.transformers_detector import make_detector
 from sana_lightning.growth import GrowthConfig, Strategy, grow
+from sana_lightning.eval.prompts import COCO_CLASSES, SHAPES_CLASSES, geneval_prompts
 from sana_lightning.eval.shapes_detector import ShapesDetector
 from sana_lightning.images import frame, image_grid, pil_to_tensor, to_pil
 from sana_lightning.inference_scaling import CLIPJudge, GenEvalOracleJudge, VLMJudge, scale
@@ -211,6 +213,17 @@ def scale_command(
     return result
 
 
+def write_prompts(
+    out_file: str, vocabulary: Literal["coco", "shapes"] = "coco", prompts_per_task: int = 100, seed: int = 0
+) -> Path:
+    """Write GenEval-format `metadata.jsonl` prompts over COCO-80 (real models) or the Shapes vocabulary."""
+    classes = COCO_CLASSES if vocabulary == "coco" else SHAPES_CLASSES
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r) + "\n" for r in geneval_prompts(classes, prompts_per_task, seed)))
+    return out
+
+
 COMMANDS = {
     "shapes": write_shapes_dataset,
     "shards": write_folder_shards,
@@ -220,6 +233,7 @@ COMMANDS = {
     "generate": generate_images,
     "geneval": geneval_score,
     "scale": scale_command,
+    "prompts": write_prompts,
 }
 
 

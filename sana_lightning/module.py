@@ -173,6 +173,17 @@ class SanaFlowModule(L.LightningModule):
             self.ema.update_parameters(self.transformer)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.fixed_noise_loss(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.fixed_noise_loss(batch, batch_idx, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """Images `[B, 3, H, W]` in [0, 1] for the batch's captions (seeds: batch index x batch size + i)."""
+        captions = batch["caption"]
+        return self.generate(captions, seeds=batch_idx * len(captions))
+
+    def fixed_noise_loss(self, batch: dict, batch_idx: int, stage: str) -> None:
         """Loss on fixed noise and evenly spaced noise levels, so curves compare across runs and steps."""
         generator = self._generator(-1, batch_idx)
         x0, embeds, mask = self.encode_batch(batch, generator)
@@ -181,7 +192,7 @@ class SanaFlowModule(L.LightningModule):
         noisy = add_noise(x0, noise, sigmas)
         for name, transformer in self.transformers().items():
             loss = flow_loss(self.velocity(transformer, noisy, sigmas, embeds, mask), x0, noise)
-            self.log(f"val/{name}", loss, prog_bar=name == "loss", sync_dist=True, batch_size=len(x0))
+            self.log(f"{stage}/{name}", loss, prog_bar=name == "loss", sync_dist=True, batch_size=len(x0))
 
     def calibration_batch(self, batch: dict, seed: int = 0) -> CalibrationBatch:
         """Fixed inputs for block-importance statistics: clean latents and embeddings of `batch`, seeded noise."""

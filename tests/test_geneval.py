@@ -200,3 +200,18 @@ def test_geneval_callback_logs_per_task_scores(shapes_dir, tmp_path):
     metrics = trainer.callback_metrics
     assert {f"geneval/{t}" for t in TASKS} | {"geneval/overall"} <= set(metrics)
     assert 0 <= metrics["geneval/overall"] <= 1
+
+
+def test_prompt_generator_writes_valid_seeded_geneval_metadata(tmp_path):
+    from sana_lightning.cli import main
+    from sana_lightning.eval.prompts import COCO_CLASSES, geneval_prompts
+
+    main(["prompts", str(tmp_path / "coco.jsonl"), "--prompts_per_task", "5", "--seed", "3"])
+    records = read_metadata(tmp_path / "coco.jsonl")  # validates every record
+    assert [r["tag"] for r in records] == [t for t in TASKS for _ in range(5)]
+    assert records == geneval_prompts(COCO_CLASSES, 5, seed=3) and records != geneval_prompts(COCO_CLASSES, 5, seed=4)
+    assert all(c["class"] in COCO_CLASSES for r in records for c in r["include"])
+    counting = [r for r in records if r["tag"] == "counting"]
+    assert all(r["exclude"][0]["count"] == r["include"][0]["count"] + 1 for r in counting)
+    main(["prompts", str(tmp_path / "shapes.jsonl"), "--vocabulary", "shapes", "--prompts_per_task", "2"])
+    assert {c["class"] for r in read_metadata(tmp_path / "shapes.jsonl") for c in r["include"]} <= {"circle", "square", "triangle"}

@@ -128,3 +128,16 @@ def test_cli_sweep_stacks_configs_and_overrides(tmp_path, monkeypatch):
     assert cli.model.hparams.preset == "tiny" and cli.datamodule.batch_size == 3
     assert cli.model.optimizer_factory(cli.model.transformer.parameters()).param_groups[0]["lr"] == 0.02
     assert cli.model.latent_size == 32 and cli.model.sampler.shift == cli.model.flow.shift == 1.0  # interpolated
+
+
+def test_cli_validate_test_and_predict_from_a_fit_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    configs = ["--config", str(CONFIGS / "base.yaml"), "--config", str(CONFIGS / "tiny.yaml"), "--trainer.callbacks=[]"]
+    SanaCLI(args=["fit", *configs, "--trainer.max_steps=2"])
+    checkpoint = str(next(tmp_path.glob("runs/sana/version_0/checkpoints/*.ckpt")))
+    for command, metric in (("validate", "val/loss"), ("test", "test/loss")):
+        cli = SanaCLI(args=[command, *configs, f"--ckpt_path={checkpoint}"])
+        assert metric in cli.trainer.callback_metrics
+    cli = SanaCLI(args=configs, run=False)
+    images = cli.trainer.predict(cli.model, cli.datamodule, ckpt_path=checkpoint)
+    assert len(images) == 1 and images[0].shape == (8, 3, 32, 32) and 0 <= images[0].min() <= images[0].max() <= 1

@@ -209,6 +209,14 @@ class ShardDataModule(L.LightningDataModule):
         workers = min(self.num_workers, stream.batches_per_epoch)
         return DataLoader(stream, batch_size=None, num_workers=workers)  # same batches at every validation
 
+    def test_dataloader(self) -> DataLoader:
+        """The validation batches (Shapes has no separate test split)."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """Validation batches, whose captions `predict` draws images for."""
+        return self.val_dataloader()
+
 
 class ShapesDataModule(ShardDataModule):
     """The embedded Shapes domain: writes its shards under `root` first if they are not there yet."""
