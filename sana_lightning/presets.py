@@ -21,39 +21,24 @@ _SANA_WIDTH_2240 = dict(
     qk_norm="rms_norm_across_heads",
 )
 
+# Pixel-space Shapes models: 32-wide heads, MiniLM captions (384), RGB in and out, 2x2 patches.
+_PIXEL_SHAPES = dict(
+    attention_head_dim=32,
+    cross_attention_head_dim=32,
+    caption_channels=384,
+    mlp_ratio=2.5,
+    in_channels=3,
+    out_channels=3,
+    patch_size=2,
+    sample_size=16,
+    qk_norm="rms_norm_across_heads",
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU tests: < 1M parameters.
-    "tiny": dict(
-        num_layers=2,
-        num_attention_heads=2,
-        attention_head_dim=32,
-        num_cross_attention_heads=2,
-        cross_attention_head_dim=32,
-        cross_attention_dim=64,
-        caption_channels=384,
-        mlp_ratio=2.5,
-        in_channels=3,
-        out_channels=3,
-        patch_size=2,
-        sample_size=16,
-        qk_norm="rms_norm_across_heads",
-    ),
+    "tiny": dict(_PIXEL_SHAPES, num_layers=2, num_attention_heads=2, num_cross_attention_heads=2, cross_attention_dim=64),
     # CPU demo on 32x32 pixel-space Shapes: ~1.8M parameters.
-    "small": dict(
-        num_layers=6,
-        num_attention_heads=4,
-        attention_head_dim=32,
-        num_cross_attention_heads=4,
-        cross_attention_head_dim=32,
-        cross_attention_dim=128,
-        caption_channels=384,
-        mlp_ratio=2.5,
-        in_channels=3,
-        out_channels=3,
-        patch_size=2,
-        sample_size=16,
-        qk_norm="rms_norm_across_heads",
-    ),
+    "small": dict(_PIXEL_SHAPES, num_layers=6, num_attention_heads=4, num_cross_attention_heads=4, cross_attention_dim=128),
     # Sana 600M: 28 blocks x 1152.
     "sana-600m": dict(
         _SANA_WIDTH_2240,

@@ -219,26 +219,14 @@ class ShardDataModule(L.LightningDataModule):
 
 
 class ShapesDataModule(ShardDataModule):
-    """The embedded Shapes domain: writes its shards under `root` first if they are not there yet."""
+    """The embedded Shapes domain: writes its shards under `root` first if they are not there yet. Other options
+    are `ShardDataModule`'s."""
 
     def __init__(
-        self,
-        root: str = "data/shapes",
-        num_train: int = 24000,
-        num_val: int = 512,
-        eval_prompts_per_task: int = 32,
-        image_size: int = 32,
-        batch_size: int = 32,
-        batches_per_epoch: int = 500,
-        val_batches: int = 4,
-        shuffle_buffer: int = 1000,
-        num_workers: int = 2,
-        seed: int = 0,
+        self, root: str = "data/shapes", num_train: int = 24000, num_val: int = 512, eval_prompts_per_task: int = 32,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            f"{root}/train-*.tar", f"{root}/val-*.tar", image_size, batch_size, batches_per_epoch, val_batches,
-            shuffle_buffer, num_workers, seed,
-        )
+        super().__init__(train_shards=f"{root}/train-*.tar", val_shards=f"{root}/val-*.tar", **kwargs)
         self.root = root
         self.num_train = num_train
         self.num_val = num_val
