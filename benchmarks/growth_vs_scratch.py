@@ -42,9 +42,15 @@ def train(name: str, module_fn, args) -> list[tuple[int, float]]:
     data = ShapesDataModule(batch_size=args.batch_size, batches_per_epoch=args.steps, val_batches=4, num_workers=1)
     curve = ValidationCurve()
     trainer = L.Trainer(
-        max_steps=args.steps, val_check_interval=args.eval_every, check_val_every_n_epoch=None, accelerator="cpu",
+        max_steps=args.steps,
+        val_check_interval=args.eval_every,
+        check_val_every_n_epoch=None,
+        accelerator="cpu",
         logger=L.pytorch.loggers.TensorBoardLogger("runs", name="growth_vs_scratch", version=name),
-        callbacks=[curve], enable_checkpointing=False, enable_progress_bar=False, gradient_clip_val=1.0,
+        callbacks=[curve],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        gradient_clip_val=1.0,
         num_sanity_val_steps=0,
     )
     trainer.validate(module, data, verbose=False)  # the loss at step 0
@@ -68,10 +74,18 @@ def main() -> None:
     args = parser.parse_args()
     source = resolve_path(args.source)
     common = dict(
-        preset="small", image_size=32, text_encoder=TextEncoderConfig(max_length=16), flow=FlowConfig(shift=1.0),
-        ema_decay=None, optimizer=lambda groups: torch.optim.AdamW(groups, lr=3e-4),
+        preset="small",
+        image_size=32,
+        text_encoder=TextEncoderConfig(max_length=16),
+        flow=FlowConfig(shift=1.0),
+        ema_decay=None,
+        optimizer=lambda groups: torch.optim.AdamW(groups, lr=3e-4),
     )
-    curves = {"scratch": train("scratch", lambda: SanaFlowModule(transformer={"num_layers": args.target_layers}, **common), args)}
+    curves = {
+        "scratch": train(
+            "scratch", lambda: SanaFlowModule(transformer={"num_layers": args.target_layers}, **common), args
+        )
+    }
     for strategy in args.strategies:
         growth = {"target_layers": args.target_layers, "strategy": strategy, "drop_last": 2}
         curves[strategy] = train(strategy, lambda: GrowthModule(source=source, growth=growth, **common), args)
@@ -79,18 +93,26 @@ def main() -> None:
     rows = []
     for name, curve in curves.items():
         reached = steps_to_reach(curve, target)
-        rows.append({
-            "init": name, "val loss @0": curve[0][1], f"val loss @{args.steps}": curve[-1][1],
-            "steps to scratch's final loss": reached if reached is not None else f">{args.steps}",
-            "fraction of scratch steps": reached / args.steps if reached is not None else float("nan"),
-        })
+        rows.append(
+            {
+                "init": name,
+                "val loss @0": curve[0][1],
+                f"val loss @{args.steps}": curve[-1][1],
+                "steps to scratch's final loss": reached if reached is not None else f">{args.steps}",
+                "fraction of scratch steps": reached / args.steps if reached is not None else float("nan"),
+            }
+        )
     report("growth_vs_scratch", rows, source=source, curves=curves)
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for name, curve in curves.items():
         axis.plot(*zip(*curve), marker="o", markersize=3, label=name)
     axis.axhline(target, color="grey", linestyle=":", label="scratch final")
-    axis.set(xlabel="training step", ylabel="validation loss (fixed noise)", yscale="log",
-             title=f"Shapes: {args.target_layers}-block Sana, growth from the 6-block demo vs scratch")
+    axis.set(
+        xlabel="training step",
+        ylabel="validation loss (fixed noise)",
+        yscale="log",
+        title=f"Shapes: {args.target_layers}-block Sana, growth from the 6-block demo vs scratch",
+    )
     axis.legend()
     figure.tight_layout()
     figure.savefig(RESULTS / "growth_vs_scratch.png", dpi=120)

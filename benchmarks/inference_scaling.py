@@ -43,7 +43,10 @@ def main() -> None:
         folder = write_folder(tmp, records, args.max_n, generate, batch_size=64)
         seconds_per_image = (time.perf_counter() - start) / (args.max_n * len(records))
         verdicts = [
-            judge.judge([Image.open(folder / f"{i:05d}/samples/{j:04d}.png").convert("RGB") for j in range(args.max_n)], r["prompt"])
+            judge.judge(
+                [Image.open(folder / f"{i:05d}/samples/{j:04d}.png").convert("RGB") for j in range(args.max_n)],
+                r["prompt"],
+            )
             for i, r in enumerate(records)
         ]
     rows, n = [], 1
@@ -54,18 +57,27 @@ def main() -> None:
             comparisons += made
             results.append(ImageResult(record["tag"], index, candidates[winner].yes))
         summary = summarize(results)
-        rows.append({
-            "N": n, "GenEval-Shapes": summary["overall"],
-            **{tag: task["accuracy"] for tag, task in summary["tasks"].items()},
-            "images": n * len(records), "judge calls": n * len(records), "comparisons": comparisons,
-            "generation s": n * len(records) * seconds_per_image,
-        })
+        rows.append(
+            {
+                "N": n,
+                "GenEval-Shapes": summary["overall"],
+                **{tag: task["accuracy"] for tag, task in summary["tasks"].items()},
+                "images": n * len(records),
+                "judge calls": n * len(records),
+                "comparisons": comparisons,
+                "generation s": n * len(records) * seconds_per_image,
+            }
+        )
         n *= 2
     report("inference_scaling", rows, checkpoint=args.checkpoint, judge="GenEval oracle (Shapes detector)")
     figure, axis = plt.subplots(figsize=(6, 4))
     axis.plot([r["N"] for r in rows], [r["GenEval-Shapes"] for r in rows], marker="o")
-    axis.set(xscale="log", xlabel="candidates per prompt N (log)", ylabel="GenEval-Shapes (best of N)",
-             title="Inference-time scaling, knockout with the GenEval oracle")
+    axis.set(
+        xscale="log",
+        xlabel="candidates per prompt N (log)",
+        ylabel="GenEval-Shapes (best of N)",
+        title="Inference-time scaling, knockout with the GenEval oracle",
+    )
     axis.set_xticks([r["N"] for r in rows], [str(r["N"]) for r in rows])
     figure.tight_layout()
     figure.savefig(RESULTS / "inference_scaling.png", dpi=120)

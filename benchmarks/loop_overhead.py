@@ -28,7 +28,10 @@ def make_module() -> SanaFlowModule:
     L.seed_everything(0, verbose=False)
     optimizer = lambda params: torch.optim.AdamW(params, lr=3e-4)  # noqa: E731
     return SanaFlowModule(
-        preset="small", text_encoder=TextEncoderConfig(max_length=16), flow=FlowConfig(shift=1.0), ema_decay=0.99,
+        preset="small",
+        text_encoder=TextEncoderConfig(max_length=16),
+        flow=FlowConfig(shift=1.0),
+        ema_decay=0.99,
         optimizer=optimizer,
     )
 
@@ -36,9 +39,15 @@ def make_module() -> SanaFlowModule:
 def trainer_seconds(batches: list[dict], root: str) -> float:
     module = make_module()
     trainer = L.Trainer(
-        max_steps=len(batches), accelerator="cpu", logger=TensorBoardLogger(root, name="overhead"),
-        log_every_n_steps=10, gradient_clip_val=1.0, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0,
+        max_steps=len(batches),
+        accelerator="cpu",
+        logger=TensorBoardLogger(root, name="overhead"),
+        log_every_n_steps=10,
+        gradient_clip_val=1.0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     start = time.perf_counter()
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))  # the same in-memory batches
@@ -50,7 +59,7 @@ def bare_seconds(batches: list[dict]) -> float:
     optimizer = module.configure_optimizers()
     start = time.perf_counter()
     for step, batch in enumerate(batches):
-        loss = module.flow_step(batch, module._generator(0, 0, step))
+        loss = module.flow_step(batch, module.noise_generator(0, 0, step))
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.transformer.parameters(), 1.0)
@@ -60,11 +69,14 @@ def bare_seconds(batches: list[dict]) -> float:
 
 
 def step_seconds(module: SanaFlowModule, image_size: int, repeats: int = 3) -> float:
-    batch = {"image": torch.randn(8, 3, image_size, image_size).clamp(-1, 1), "caption": ["a photo of a red circle"] * 8}
+    batch = {
+        "image": torch.randn(8, 3, image_size, image_size).clamp(-1, 1),
+        "caption": ["a photo of a red circle"] * 8,
+    }
     times = []
     for i in range(repeats + 1):
         start = time.perf_counter()
-        module.flow_step(batch, module._generator(i)).backward()
+        module.flow_step(batch, module.noise_generator(i)).backward()
         times.append(time.perf_counter() - start)
     return min(times[1:])
 
@@ -85,7 +97,11 @@ def main() -> None:
             bare_best = min(bare_best, bare_seconds(batches))
     rows = [
         {"loop": "bare PyTorch", "steps/s": args.steps / bare_best, "relative time": 1.0},
-        {"loop": "Lightning Trainer", "steps/s": args.steps / lightning_best, "relative time": lightning_best / bare_best},
+        {
+            "loop": "Lightning Trainer",
+            "steps/s": args.steps / lightning_best,
+            "relative time": lightning_best / bare_best,
+        },
     ]
     report("loop_overhead", rows)
     print(f"Trainer overhead: {lightning_best / bare_best - 1:+.1%} (goal <= 5%)\n")
@@ -94,7 +110,12 @@ def main() -> None:
     sizes = [32, 64, 128]  # patch 2: 16x16, 32x32, 64x64 tokens
     times = {size: step_seconds(module, size) for size in sizes}
     scaling = [
-        {"tokens": (s // 2) ** 2, "step s (batch 8)": times[s], "x tokens": (s // sizes[0]) ** 2, "x time": times[s] / times[sizes[0]]}
+        {
+            "tokens": (s // 2) ** 2,
+            "step s (batch 8)": times[s],
+            "x tokens": (s // sizes[0]) ** 2,
+            "x time": times[s] / times[sizes[0]],
+        }
         for s in sizes
     ]
     report("token_scaling", scaling)

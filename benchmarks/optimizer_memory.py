@@ -96,13 +96,15 @@ def train_small(name: str, steps: int) -> tuple[float, float, int]:
     from sana_lightning.module import SanaFlowModule, TextEncoderConfig
 
     L.seed_everything(0, verbose=False)
-    module = SanaFlowModule(preset="small", text_encoder=TextEncoderConfig(max_length=16), flow=FlowConfig(shift=1.0), ema_decay=None)
+    module = SanaFlowModule(
+        preset="small", text_encoder=TextEncoderConfig(max_length=16), flow=FlowConfig(shift=1.0), ema_decay=None
+    )
     data = ShapesDataModule(batch_size=16, batches_per_epoch=steps, num_workers=0)
     data.prepare_data()
     optimizer = make_optimizer(name, module.transformer.parameters(), lr=3e-4)
     losses, step_times = [], []
     for step, batch in enumerate(data.train_dataloader()):
-        loss = module.flow_step(batch, module._generator(0, 0, step))
+        loss = module.flow_step(batch, module.noise_generator(0, 0, step))
         optimizer.zero_grad()
         loss.backward()
         start = time.perf_counter()
@@ -126,16 +128,21 @@ def main() -> None:
     for name in OPTIMIZERS:
         out = subprocess.run(
             [sys.executable, "-m", "benchmarks.optimizer_memory", "--measure", name, args.big_preset],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         big[name] = json.loads(out.stdout.strip().splitlines()[-1])
     base = big["AdamW-32bit"]
     rows = [
         {
-            "optimizer": name, f"{args.big_preset} state GB": m["state_bytes"] / 1e9,
-            "state bytes/param": m["state_bytes"] / m["params"], "x AdamW-32bit state": m["state_bytes"] / base["state_bytes"],
+            "optimizer": name,
+            f"{args.big_preset} state GB": m["state_bytes"] / 1e9,
+            "state bytes/param": m["state_bytes"] / m["params"],
+            "x AdamW-32bit state": m["state_bytes"] / base["state_bytes"],
             "predicted/measured": m["predicted_state_bytes"] / m["state_bytes"],
-            "peak RSS GB": m["peak_rss_bytes"] / 1e9, "x AdamW step time": m["step_seconds"] / base["step_seconds"],
+            "peak RSS GB": m["peak_rss_bytes"] / 1e9,
+            "x AdamW step time": m["step_seconds"] / base["step_seconds"],
         }
         for name, m in big.items()
     ]
@@ -143,8 +150,12 @@ def main() -> None:
 
     small = {name: train_small(name, args.train_steps) for name in OPTIMIZERS}
     rows = [
-        {"optimizer": name, f"loss after {args.train_steps} steps": loss, "x AdamW step time": t / small["AdamW-32bit"][1],
-         "state MB": b / 1e6}
+        {
+            "optimizer": name,
+            f"loss after {args.train_steps} steps": loss,
+            "x AdamW step time": t / small["AdamW-32bit"][1],
+            "state MB": b / 1e6,
+        }
         for name, (loss, t, b) in small.items()
     ]
     report("optimizer_shapes", rows)
@@ -157,10 +168,14 @@ def main() -> None:
     for name in OPTIMIZERS:
         optimizer_bytes = sum(predicted_state_bytes(name, s) for s in shapes)
         total = 4 * n + 4 * n + optimizer_bytes
-        paper.append({
-            "optimizer": name, "optimizer GB": optimizer_bytes / 1e9, "optimizer bytes/param": optimizer_bytes / n,
-            "weights+grads+optimizer GB": total / 1e9,
-        })
+        paper.append(
+            {
+                "optimizer": name,
+                "optimizer GB": optimizer_bytes / 1e9,
+                "optimizer bytes/param": optimizer_bytes / n,
+                "weights+grads+optimizer GB": total / 1e9,
+            }
+        )
     adamw_total = paper[0]["weights+grads+optimizer GB"]
     for row in paper:
         row["x AdamW-32bit optimizer"] = row["optimizer GB"] / paper[0]["optimizer GB"]

@@ -36,8 +36,14 @@ def data(steps: int) -> ShapesDataModule:
 
 def trainer(steps: int) -> L.Trainer:
     return L.Trainer(
-        max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, gradient_clip_val=1.0,
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
     )
 
 
@@ -48,7 +54,10 @@ def val_loss(module) -> float:
 def recover(pruned: Path, teacher: str | None, hparams: dict, steps: int) -> float:
     L.seed_everything(0, verbose=False)
     module = PruneRecoveryModule(
-        pruned=str(pruned), teacher=teacher, distill_weight=1.0 if teacher else 0.0, ema_decay=None,
+        pruned=str(pruned),
+        teacher=teacher,
+        distill_weight=1.0 if teacher else 0.0,
+        ema_decay=None,
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-4),
         **{k: hparams[k] for k in ("text_encoder", "autoencoder", "flow", "sampler", "image_size")},
     )
@@ -75,11 +84,17 @@ def main() -> None:
                 runs = [("no", None)] + [("yes", checkpoint)] * (criterion == "cosine")
                 for distill, teacher in runs:
                     after, recovered = recover(pruned, teacher, hparams, args.recovery_steps)
-                    rows.append({
-                        "depth": f"{depth}->{target}", "criterion": criterion, "distill": distill,
-                        "val loss pruned": after, f"val loss +{args.recovery_steps} steps": recovered,
-                        "kept pruned": unpruned / after, f"kept +{args.recovery_steps}": unpruned / recovered,
-                    })
+                    rows.append(
+                        {
+                            "depth": f"{depth}->{target}",
+                            "criterion": criterion,
+                            "distill": distill,
+                            "val loss pruned": after,
+                            f"val loss +{args.recovery_steps} steps": recovered,
+                            "kept pruned": unpruned / after,
+                            f"kept +{args.recovery_steps}": unpruned / recovered,
+                        }
+                    )
                     print(rows[-1], flush=True)
     report("pruning", rows, checkpoint=checkpoint, unpruned_val_loss=unpruned)
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
@@ -88,7 +103,12 @@ def main() -> None:
         labels = [r["criterion"] + ("+distill" if r["distill"] == "yes" else "") for r in chosen]
         x = range(len(chosen))
         axis.bar([i - 0.2 for i in x], [r["kept pruned"] for r in chosen], 0.4, label="right after pruning")
-        axis.bar([i + 0.2 for i in x], [r[f"kept +{args.recovery_steps}"] for r in chosen], 0.4, label=f"+{args.recovery_steps} steps")
+        axis.bar(
+            [i + 0.2 for i in x],
+            [r[f"kept +{args.recovery_steps}"] for r in chosen],
+            0.4,
+            label=f"+{args.recovery_steps} steps",
+        )
         axis.axhline(0.95, color="grey", linestyle=":")
         axis.set_xticks(list(x), labels, rotation=30)
         axis.set(title=f"depth {target}", ylabel="quality kept (unpruned loss / loss)")

@@ -38,9 +38,11 @@ def load_checkpoint_transformer(path: str, weights: str = "ema") -> SanaTransfor
         return load_transformer(path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     if "transformer_config" not in checkpoint:
-        raise ValueError(f"'{path}' holds no transformer_config: give a sana-lightning checkpoint or diffusers directory")
+        raise ValueError(
+            f"'{path}' holds no transformer_config: give a sana-lightning checkpoint or diffusers directory"
+        )
     state = checkpoint["state_dict"]
     prefix = "ema.module." if weights == "ema" and any(k.startswith("ema.module.") for k in state) else "transformer."
     model = SanaTransformer2DModel.from_config(checkpoint["transformer_config"])
-    model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    model.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
     return model

@@ -1,21 +1,21 @@
-"""Command line: `python -m sana_lightning.cli fit|validate|test|predict --config ...` plus data commands.
+"""Command line: `python -m sana_lightning.cli fit|validate|test|predict --config ...` plus model/data commands.
 
-Lightning subcommands come from `LightningCLI` (sweeps: stack `--config` files and `--x.y=value` overrides);
-the others (`shapes`, `shards`, `grow`, `importance`, `prune`, `generate`, `geneval`, `scale`, `prompts`) are plain functions whose typed signatures make their options.
+Lightning subcommands come from `LightningCLI` (sweeps: stack `--config` files and `--x.y=value` overrides); the
+others (`shapes`, `shards`, `grow`, `importance`, `prune`, `generate`, `geneval`, `scale`, `prompts`) are plain
+functions whose typed signatures make their options.
 """
 
 import json
 import sys
-
-import torch
-from PIL import Image
-from torch.utils.tensorboard import SummaryWriter
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Literal
 
+import torch
 from jsonargparse import CLI
 from lightning.pytorch.cli import LightningCLI
+from PIL import Image
+from torch.utils.tensorboard import SummaryWriter
 
 from sana_lightning.checkpoints import load_checkpoint_transformer
 from sana_lightning.data.datamodule import ShardStream, expand_shards
@@ -23,17 +23,16 @@ from sana_lightning.data.folder_shards import write_folder_shards
 from sana_lightning.data.shapes import write_shapes_dataset
 from sana_lightning.eval.folder import score_folder, write_folder
 from sana_lightning.eval.geneval import format_summary, read_metadata, summarize
-from sana_lightning.eval.transformers_detector import make_detector
-from sana_lightning.growth import GrowthConfig, Strategy, grow
 from sana_lightning.eval.prompts import COCO_CLASSES, SHAPES_CLASSES, geneval_prompts
 from sana_lightning.eval.shapes_detector import ShapesDetector
+from sana_lightning.eval.transformers_detector import make_detector
+from sana_lightning.growth import GrowthConfig, Strategy, grow
 from sana_lightning.images import frame, image_grid, pil_to_tensor, to_pil
 from sana_lightning.inference_scaling import CLIPJudge, GenEvalOracleJudge, VLMJudge, scale
 from sana_lightning.inference_scaling.search import Selection
 from sana_lightning.module import SanaFlowModule
 from sana_lightning.plots import importance_figure
 from sana_lightning.pruning import METRICS, Importance, block_importance, prune, select_blocks
-
 
 
 def grow_checkpoint(
@@ -51,7 +50,9 @@ def grow_checkpoint(
     grown, origins = grow(load_checkpoint_transformer(source, source_weights), config)
     out = Path(out_dir)
     grown.save_pretrained(out)
-    (out / "growth.json").write_text(json.dumps({"source": source, **asdict(config), "block_origins": origins}, indent=2))
+    (out / "growth.json").write_text(
+        json.dumps({"source": source, **asdict(config), "block_origins": origins}, indent=2)
+    )
     print(f"grown {len(origins) - origins.count(None)} source blocks + {origins.count(None)} new -> {out}")
     return out
 
@@ -109,8 +110,12 @@ def prune_checkpoint(
     removed = select_blocks(depth, target_depth, criterion, importance, protect_ends, seed)
     out = Path(out_dir)
     prune(module.transformer, removed).save_pretrained(out)
-    record = {"checkpoint": checkpoint, "criterion": criterion, "removed": removed,
-              "kept": [i for i in range(depth) if i not in removed]}
+    record = {
+        "checkpoint": checkpoint,
+        "criterion": criterion,
+        "removed": removed,
+        "kept": [i for i in range(depth) if i not in removed],
+    }
     (out / "prune.json").write_text(json.dumps(record, indent=2))
     if importance is not None:
         _write_importance(importance, out, record, removed)
@@ -205,11 +210,15 @@ def scale_command(
     for index, entry in enumerate(result["prompts"][:grid_prompts]):
         paths = sorted((Path(out_dir) / "candidates" / f"{index:05d}" / "samples").glob("*.png"))
         images = torch.stack([pil_to_tensor(Image.open(p).convert("RGB")) for p in paths]).float() / 255
-        writer.add_image(f"scale/{index:05d}", image_grid(frame(images, [i in entry["winners"] for i in range(len(paths))])))
+        writer.add_image(
+            f"scale/{index:05d}", image_grid(frame(images, [i in entry["winners"] for i in range(len(paths))]))
+        )
         writer.add_text(f"scale/{index:05d}", entry["prompt"])
     writer.close()
-    print(f"{result['images_generated']} images, {result['judge_calls']} judge calls, "
-          f"{result['comparisons']} comparisons -> {out_dir}")
+    print(
+        f"{result['images_generated']} images, {result['judge_calls']} judge calls, "
+        f"{result['comparisons']} comparisons -> {out_dir}"
+    )
     return result
 
 

@@ -15,6 +15,7 @@ from typing import Literal
 
 import torch
 from diffusers import SanaTransformer2DModel
+
 from sana_lightning.blocks import zero_block_outputs
 
 Strategy = Literal["partial_preservation", "cyclic", "block_expand", "stack"]

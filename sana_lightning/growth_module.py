@@ -11,8 +11,13 @@ from sana_lightning.presets import preset_config
 
 # Widths a grown model inherits from its source: they must match the target preset.
 WIDTH_KEYS = (
-    "num_attention_heads", "attention_head_dim", "num_cross_attention_heads", "cross_attention_head_dim",
-    "cross_attention_dim", "mlp_ratio", "patch_size",
+    "num_attention_heads",
+    "attention_head_dim",
+    "num_cross_attention_heads",
+    "cross_attention_head_dim",
+    "cross_attention_dim",
+    "mlp_ratio",
+    "patch_size",
 )
 
 
@@ -41,7 +46,9 @@ class GrowthModule(SanaFlowModule):
         target = preset_config(preset, **{k: v for k, v in overrides.items() if k != "sample_size"})
         for key in WIDTH_KEYS:
             if source.config[key] != target[key]:
-                raise ValueError(f"source has {key}={source.config[key]} but the target ({preset}) has {key}={target[key]}")
+                raise ValueError(
+                    f"source has {key}={source.config[key]} but the target ({preset}) has {key}={target[key]}"
+                )
         self._check_io(source, f"source '{self.hparams.source}'")
         grown, origins = grow(source, _config(GrowthConfig, self.hparams.growth))
         self.block_origins = origins

@@ -1,4 +1,4 @@
-"""`SanaFlowModule`: flow-matching training of a diffusers `SanaTransformer2DModel` with frozen text and image codecs."""
+"""`SanaFlowModule`: flow-matching training of diffusers' `SanaTransformer2DModel` with frozen text/image codecs."""
 
 from dataclasses import asdict, dataclass, is_dataclass, replace
 from typing import Any
@@ -10,13 +10,19 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from sana_lightning.autoencoder import load_autoencoder
-from sana_lightning.flow import FlowConfig, add_noise, caption_drop_mask, flow_loss, sample_sigmas, timesteps_from_sigmas
 from sana_lightning.checkpoints import load_checkpoint_transformer
+from sana_lightning.flow import (
+    FlowConfig,
+    add_noise,
+    caption_drop_mask,
+    flow_loss,
+    sample_sigmas,
+    timesteps_from_sigmas,
+)
 from sana_lightning.presets import build_transformer
 from sana_lightning.pruning import CalibrationBatch
 from sana_lightning.sampling import SamplerConfig, denoise, initial_noise, make_scheduler
 from sana_lightning.text_encoder import TextEncoder
-
 
 
 @dataclass
@@ -79,7 +85,9 @@ class SanaFlowModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         # Plain dicts in the hyper-parameters (also those of subclasses) keep checkpoints `weights_only` loadable.
         self.hparams.update({k: asdict(v) for k, v in self.hparams.items() if is_dataclass(v)})
-        self.text_encoder = TextEncoder(text_encoder.path, text_encoder.max_length, text_encoder.complex_human_instruction)
+        self.text_encoder = TextEncoder(
+            text_encoder.path, text_encoder.max_length, text_encoder.complex_human_instruction
+        )
         self.autoencoder = load_autoencoder(autoencoder.path, autoencoder.subfolder)
         latent_default = {"sample_size": image_size // self.autoencoder.downsample_factor}
         self.transformer = self._build_transformer(preset, {**latent_default, **(transformer or {})}, pretrained)
@@ -131,7 +139,8 @@ class SanaFlowModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------------------- training
 
-    def _generator(self, *keys: int) -> torch.Generator:
+    def noise_generator(self, *keys: int) -> torch.Generator:
+        """A CPU generator seeded by (seed, *keys): the same draws on any device and after any resume."""
         return torch.Generator().manual_seed(hash((self.hparams.seed, *keys)) & 0x7FFF_FFFF_FFFF_FFFF)
 
     def velocity(self, transformer, latents, sigmas, embeds, mask) -> torch.Tensor:
@@ -157,11 +166,13 @@ class SanaFlowModule(L.LightningModule):
     def flow_step(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """The training loss of one batch."""
         inputs = self.flow_inputs(batch, generator)
-        prediction = self.velocity(self.transformer, inputs["noisy"], inputs["sigmas"], inputs["embeds"], inputs["mask"])
+        prediction = self.velocity(
+            self.transformer, inputs["noisy"], inputs["sigmas"], inputs["embeds"], inputs["mask"]
+        )
         return flow_loss(prediction, inputs["x0"], inputs["noise"])
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.flow_step(batch, self._generator(self.global_rank, self.current_epoch, batch_idx))
+        loss = self.flow_step(batch, self.noise_generator(self.global_rank, self.current_epoch, batch_idx))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
         if batch.get("skipped"):
             self.skipped_samples += int(batch["skipped"])
@@ -185,7 +196,7 @@ class SanaFlowModule(L.LightningModule):
 
     def fixed_noise_loss(self, batch: dict, batch_idx: int, stage: str) -> None:
         """Loss on fixed noise and evenly spaced noise levels, so curves compare across runs and steps."""
-        generator = self._generator(-1, batch_idx)
+        generator = self.noise_generator(-1, batch_idx)
         x0, embeds, mask = self.encode_batch(batch, generator)
         noise = torch.randn(x0.shape, generator=generator).to(x0)
         sigmas = (torch.arange(len(x0)) + 0.5) / len(x0)
@@ -228,7 +239,9 @@ class SanaFlowModule(L.LightningModule):
     # ------------------------------------------------------------------------------------ checkpoints (frozen parts)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(self.frozen_prefixes)}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(self.frozen_prefixes)
+        }
         checkpoint["transformer_config"] = dict(self.transformer.config)  # rebuilds it without this code's presets
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -271,7 +284,11 @@ class SanaFlowModule(L.LightningModule):
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
             embeds, mask = self.text_encoder(chunk)
-            noise = initial_noise(len(chunk), channels, self.latent_size, seeds[start : start + batch_size], self.device)
-            latents = denoise(transformer, noise.to(embeds.dtype), embeds, mask, null_embeds, null_mask, sampler, progress)
+            noise = initial_noise(
+                len(chunk), channels, self.latent_size, seeds[start : start + batch_size], self.device
+            )
+            latents = denoise(
+                transformer, noise.to(embeds.dtype), embeds, mask, null_embeds, null_mask, sampler, progress
+            )
             images.append(self.autoencoder.decode(latents).float().add(1).div(2))
         return torch.cat(images)

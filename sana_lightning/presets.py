@@ -36,9 +36,13 @@ _PIXEL_SHAPES = dict(
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU tests: < 1M parameters.
-    "tiny": dict(_PIXEL_SHAPES, num_layers=2, num_attention_heads=2, num_cross_attention_heads=2, cross_attention_dim=64),
+    "tiny": dict(
+        _PIXEL_SHAPES, num_layers=2, num_attention_heads=2, num_cross_attention_heads=2, cross_attention_dim=64
+    ),
     # CPU demo on 32x32 pixel-space Shapes: ~1.8M parameters.
-    "small": dict(_PIXEL_SHAPES, num_layers=6, num_attention_heads=4, num_cross_attention_heads=4, cross_attention_dim=128),
+    "small": dict(
+        _PIXEL_SHAPES, num_layers=6, num_attention_heads=4, num_cross_attention_heads=4, cross_attention_dim=128
+    ),
     # Sana 600M: 28 blocks x 1152.
     "sana-600m": dict(
         _SANA_WIDTH_2240,
@@ -63,7 +67,9 @@ def preset_config(preset: str, **overrides: Any) -> dict[str, Any]:
     return {**PRESETS[preset], **overrides}
 
 
-def build_transformer(preset: str, device: str | torch.device | None = None, **overrides: Any) -> SanaTransformer2DModel:
+def build_transformer(
+    preset: str, device: str | torch.device | None = None, **overrides: Any
+) -> SanaTransformer2DModel:
     """Build a randomly initialised transformer; `device="meta"` allocates nothing (for parameter counts)."""
     config = preset_config(preset, **overrides)
     with torch.device(device or "cpu"):

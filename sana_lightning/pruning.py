@@ -115,8 +115,12 @@ def blocks_to_remove(scores: torch.Tensor, target_depth: int, protect_ends: bool
 
 
 def select_blocks(
-    depth: int, target_depth: int, criterion: str, importance: Importance | None = None,
-    protect_ends: bool = False, seed: int = 0,
+    depth: int,
+    target_depth: int,
+    criterion: str,
+    importance: Importance | None = None,
+    protect_ends: bool = False,
+    seed: int = 0,
 ) -> list[int]:
     """Blocks to remove by an importance metric (least important first), or the baselines `random` / `last`."""
     if criterion in METRICS:

@@ -8,7 +8,9 @@ from sana_lightning.optim import CAME, CAME8bit
 
 def regression_model(seed=0) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(64, 256), nn.LayerNorm(256), nn.GELU(), nn.Linear(256, 128), nn.GELU(), nn.Linear(128, 8))
+    return nn.Sequential(
+        nn.Linear(64, 256), nn.LayerNorm(256), nn.GELU(), nn.Linear(256, 128), nn.GELU(), nn.Linear(128, 8)
+    )
 
 
 torch.manual_seed(123)
@@ -112,12 +114,19 @@ def test_bad_hyperparameters_are_clear_errors():
 
 
 def test_came_8bit_is_selectable_from_a_config(tmp_path, monkeypatch):
-    from sana_lightning.cli import SanaCLI
     from test_module import CONFIGS
+
+    from sana_lightning.cli import SanaCLI
 
     monkeypatch.chdir(tmp_path)
     configs = ["base.yaml", "tiny.yaml", "came8bit.yaml"]
-    cli = SanaCLI(args=["fit", *[a for c in configs for a in ("--config", str(CONFIGS / c))], "--model.init_args.optimizer.init_args.min_8bit_size=4096"])
+    cli = SanaCLI(
+        args=[
+            "fit",
+            *[a for c in configs for a in ("--config", str(CONFIGS / c))],
+            "--model.init_args.optimizer.init_args.min_8bit_size=4096",
+        ]
+    )
     optimizer = cli.trainer.optimizers[0]
     assert isinstance(optimizer, CAME8bit) and optimizer.min_8bit_size == 4096
     assert any("exp_avg_q" in state for state in optimizer.state.values())

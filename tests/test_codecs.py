@@ -15,8 +15,14 @@ def tiny_gemma(tmp_path_factory):
     path = tmp_path_factory.mktemp("gemma")
     tokenizer = AutoTokenizer.from_pretrained(embedded_text_encoder_path())
     config = Gemma2Config(
-        vocab_size=tokenizer.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=8, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     Gemma2Model(config).save_pretrained(path)
@@ -83,9 +89,16 @@ def test_pixel_autoencoder_is_the_identity_in_pixel_space():
 def test_dc_autoencoder_from_a_local_path_scales_latents(tmp_path):
     torch.manual_seed(0)
     vae = AutoencoderDC(
-        latent_channels=4, attention_head_dim=8, encoder_block_types="ResBlock", decoder_block_types="ResBlock",
-        encoder_block_out_channels=(8, 16), decoder_block_out_channels=(8, 16), encoder_layers_per_block=(1, 1),
-        decoder_layers_per_block=(1, 1), encoder_qkv_multiscales=((), ()), decoder_qkv_multiscales=((), ()),
+        latent_channels=4,
+        attention_head_dim=8,
+        encoder_block_types="ResBlock",
+        decoder_block_types="ResBlock",
+        encoder_block_out_channels=(8, 16),
+        decoder_block_out_channels=(8, 16),
+        encoder_layers_per_block=(1, 1),
+        decoder_layers_per_block=(1, 1),
+        encoder_qkv_multiscales=((), ()),
+        decoder_qkv_multiscales=((), ()),
         scaling_factor=0.41407,
     )
     vae.save_pretrained(tmp_path / "dc-ae")

@@ -29,13 +29,20 @@ def test_scenes_follow_geneval_metadata_conventions():
     for _ in range(30):
         counting = sampler.sample("counting")
         n = counting.include[0]["count"]
-        assert 2 <= n <= 4 and len(counting.objects) == n and counting.exclude == [{"class": counting.include[0]["class"], "count": n + 1}]
+        assert (
+            2 <= n <= 4
+            and len(counting.objects) == n
+            and counting.exclude == [{"class": counting.include[0]["class"], "count": n + 1}]
+        )
         position = sampler.sample("position")
         relation, anchor = position.include[1]["position"]
         assert anchor == 0 and relation in position.prompt
         assert relative_position(position.objects[1].box, position.objects[0].box) == {relation}
         colors = sampler.sample("colors")
-        assert colors.include[0]["color"] in colors.prompt and dominant_color(np.asarray(render(colors.objects, 32))) == colors.objects[0].color
+        assert (
+            colors.include[0]["color"] in colors.prompt
+            and dominant_color(np.asarray(render(colors.objects, 32))) == colors.objects[0].color
+        )
 
 
 def test_shards_and_metadata_are_written(shapes_dir):
@@ -131,7 +138,11 @@ def test_decode_resizes_and_centre_crops_to_the_training_size():
 def test_image_folder_to_shards(tmp_path):
     folder = tmp_path / "images"
     (folder / "sub").mkdir(parents=True)
-    for name, caption_file, text in [("a", "a.txt", "first\nsecond"), ("sub/b", "sub/b.json", '{"caption": "bee"}'), ("c", None, None)]:
+    for name, caption_file, text in [
+        ("a", "a.txt", "first\nsecond"),
+        ("sub/b", "sub/b.json", '{"caption": "bee"}'),
+        ("c", None, None),
+    ]:
         Image.new("RGB", (40, 30), (0, 128, 0)).save(folder / f"{name}.jpg")
         if caption_file:
             (folder / caption_file).write_text(text)

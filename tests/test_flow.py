@@ -19,7 +19,9 @@ def test_shift_matches_diffusers_scheduler():
 
 
 def test_logit_normal_sigmas_have_the_configured_logit_moments():
-    sigmas = sample_sigmas(200_000, FlowConfig(logit_mean=0.5, logit_std=0.8, shift=1.0), torch.Generator().manual_seed(0))
+    sigmas = sample_sigmas(
+        200_000, FlowConfig(logit_mean=0.5, logit_std=0.8, shift=1.0), torch.Generator().manual_seed(0)
+    )
     logits = torch.logit(sigmas.double())
     assert abs(logits.mean().item() - 0.5) < 0.01 and abs(logits.std().item() - 0.8) < 0.01
 

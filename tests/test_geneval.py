@@ -1,7 +1,6 @@
 import json
 import random
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -43,14 +42,21 @@ def verdict(detections, metadata):
 
 
 def test_counting_needs_confidence_above_0_9_and_respects_exclude():
-    meta = {"tag": "counting", "include": [{"class": "dog", "count": 2}], "exclude": [{"class": "dog", "count": 3}], "prompt": "two dogs"}
+    meta = {
+        "tag": "counting",
+        "include": [{"class": "dog", "count": 2}],
+        "exclude": [{"class": "dog", "count": 3}],
+        "prompt": "two dogs",
+    }
     assert verdict({"dog": [det(0, 0, 5, 5, 0.95), det(10, 10, 15, 15, 0.91)]}, meta)[0]
     ok, reason = verdict({"dog": [det(0, 0, 5, 5, 0.95), det(10, 10, 15, 15, 0.9)]}, meta)  # 0.9 is not above 0.9
     assert not ok and reason == "expected dog>=2, found 1"
     ok, reason = verdict({"dog": [det(0, 0, 5, 5, 0.95)] * 3}, meta)
     assert not ok and reason == "expected dog<3, found 3"
     other = {"tag": "two_object", "include": [{"class": "dog", "count": 1}], "prompt": "a dog"}
-    assert verdict({"dog": [det(0, 0, 5, 5, 0.31)]}, other)[0] and not verdict({"dog": [det(0, 0, 5, 5, 0.3)]}, other)[0]
+    assert (
+        verdict({"dog": [det(0, 0, 5, 5, 0.31)]}, other)[0] and not verdict({"dog": [det(0, 0, 5, 5, 0.3)]}, other)[0]
+    )
 
 
 def test_colour_is_checked_on_the_most_confident_objects_only():
@@ -68,8 +74,11 @@ def test_position_rule_and_its_threshold_boundary():
     assert relative_position((0, 0, 10, 10), (10, 9, 20, 19)) == {"left of", "above"}
     # (dx, dy) = (-10, -6): dy revised -4 / 11.66 = -0.34: left of only.
     assert relative_position((0, 0, 10, 10), (10, 6, 20, 16)) == {"left of"}
-    meta = {"tag": "position", "prompt": "a cat left of a dog",
-            "include": [{"class": "dog", "count": 1}, {"class": "cat", "count": 1, "position": ["left of", 0]}]}
+    meta = {
+        "tag": "position",
+        "prompt": "a cat left of a dog",
+        "include": [{"class": "dog", "count": 1}, {"class": "cat", "count": 1, "position": ["left of", 0]}],
+    }
     assert verdict({"dog": [det(30, 0, 40, 10)], "cat": [det(0, 0, 10, 10)]}, meta)[0]
     ok, reason = verdict({"dog": [det(0, 0, 10, 10)], "cat": [det(30, 0, 40, 10)]}, meta)
     assert not ok and reason == "expected cat left of target, found right of"
@@ -86,7 +95,9 @@ def test_malformed_metadata_names_the_line(tmp_path):
     path.write_text(good + "\n" + json.dumps({"tag": "style", "include": [], "prompt": "x"}) + "\n")
     with pytest.raises(ValueError, match=r"metadata.jsonl:2: tag 'style' is not a GenEval task"):
         read_metadata(path)
-    path.write_text(json.dumps({"tag": "colors", "include": [{"class": "cat", "count": 1, "color": "teal"}], "prompt": "x"}))
+    path.write_text(
+        json.dumps({"tag": "colors", "include": [{"class": "cat", "count": 1, "color": "teal"}], "prompt": "x"})
+    )
     with pytest.raises(ValueError, match=r"metadata.jsonl:1: colour 'teal' is not one of GenEval's"):
         read_metadata(path)
 
@@ -108,12 +119,17 @@ def test_shapes_detector_scores_wrong_images_at_0_percent():
     for scene in ground_truth(per_task=15, seed=1):
         meta, objects = scene.metadata(), scene.objects
         if scene.tag in ("colors", "color_attr"):
-            wrong = [ShapeObject(o.shape, next(c for c in PALETTE if c != o.color), o.cx, o.cy, o.size) for o in objects]
+            wrong = [
+                ShapeObject(o.shape, next(c for c in PALETTE if c != o.color), o.cx, o.cy, o.size) for o in objects
+            ]
         elif scene.tag == "counting":
             wrong = objects[:-1]
         elif scene.tag == "position":
             a, b = objects  # swap the two objects' places
-            wrong = [ShapeObject(a.shape, a.color, b.cx, b.cy, a.size), ShapeObject(b.shape, b.color, a.cx, a.cy, b.size)]
+            wrong = [
+                ShapeObject(a.shape, a.color, b.cx, b.cy, a.size),
+                ShapeObject(b.shape, b.color, a.cx, a.cy, b.size),
+            ]
         else:  # single / two objects: a shape the prompt does not ask for, in the same places
             other = next(s for s in ("circle", "square", "triangle") if s not in {o.shape for o in objects})
             wrong = [ShapeObject(other, o.color, o.cx, o.cy, o.size) for o in objects]
@@ -121,8 +137,13 @@ def test_shapes_detector_scores_wrong_images_at_0_percent():
 
 
 def test_summary_and_metric_follow_geneval():
-    results = [ImageResult("single_object", 0, True), ImageResult("single_object", 0, False),
-               ImageResult("counting", 1, False), ImageResult("counting", 2, True), ImageResult("counting", 2, True)]
+    results = [
+        ImageResult("single_object", 0, True),
+        ImageResult("single_object", 0, False),
+        ImageResult("counting", 1, False),
+        ImageResult("counting", 2, True),
+        ImageResult("counting", 2, True),
+    ]
     summary = summarize(results)
     assert summary["correct_prompts"] == pytest.approx(2 / 3) and summary["correct_images"] == 0.6
     assert summary["overall"] == pytest.approx((0.5 + 2 / 3) / 2)
@@ -145,7 +166,9 @@ def test_folder_layout_round_trip_and_resume(tmp_path):
 
     records = [s.metadata() for s in scenes]
     write_folder(tmp_path, records, 2, generate, batch_size=5)
-    assert (tmp_path / "00005/samples/0001.png").exists() and json.loads((tmp_path / "00005/metadata.jsonl").read_text()) == records[5]
+    assert (tmp_path / "00005/samples/0001.png").exists() and json.loads(
+        (tmp_path / "00005/metadata.jsonl").read_text()
+    ) == records[5]
     assert sorted(sum(calls, [])) == list(range(12))
     (tmp_path / "00003/samples/0000.png").unlink()
     calls.clear()
@@ -172,8 +195,19 @@ def test_transformers_detector_runs_end_to_end_from_local_paths(tiny_detector_an
 def test_generate_and_geneval_commands(tiny_checkpoint, shapes_dir, tmp_path, capsys):
     from sana_lightning.cli import main
 
-    main(["generate", str(tiny_checkpoint), str(tmp_path / "images"), "--metadata", str(shapes_dir / "metadata.jsonl"),
-          "--images_per_prompt", "2", "--steps", "2"])
+    main(
+        [
+            "generate",
+            str(tiny_checkpoint),
+            str(tmp_path / "images"),
+            "--metadata",
+            str(shapes_dir / "metadata.jsonl"),
+            "--images_per_prompt",
+            "2",
+            "--steps",
+            "2",
+        ]
+    )
     assert len(list((tmp_path / "images").glob("*/samples/*.png"))) == 2 * 12
     main(["geneval", str(tmp_path / "images")])
     out = capsys.readouterr().out
@@ -191,11 +225,26 @@ def test_geneval_callback_logs_per_task_scores(shapes_dir, tmp_path):
     from sana_lightning.data.datamodule import ShardDataModule
     from sana_lightning.module import SanaFlowModule, TextEncoderConfig
 
-    module = SanaFlowModule(preset="tiny", text_encoder=TextEncoderConfig(max_length=8), sampler={"steps": 2}, ema_decay=None)
+    module = SanaFlowModule(
+        preset="tiny", text_encoder=TextEncoderConfig(max_length=8), sampler={"steps": 2}, ema_decay=None
+    )
     callback = GenEvalCallback(metadata=str(shapes_dir / "metadata.jsonl"), prompts_per_task=1)
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=L.pytorch.loggers.TensorBoardLogger(tmp_path),
-                        callbacks=[callback], enable_progress_bar=False, num_sanity_val_steps=0)
-    data = ShardDataModule(f"{shapes_dir}/train-*.tar", f"{shapes_dir}/val-*.tar", batch_size=4, batches_per_epoch=2, val_batches=1, num_workers=0)
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=L.pytorch.loggers.TensorBoardLogger(tmp_path),
+        callbacks=[callback],
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+    )
+    data = ShardDataModule(
+        f"{shapes_dir}/train-*.tar",
+        f"{shapes_dir}/val-*.tar",
+        batch_size=4,
+        batches_per_epoch=2,
+        val_batches=1,
+        num_workers=0,
+    )
     trainer.fit(module, data)
     metrics = trainer.callback_metrics
     assert {f"geneval/{t}" for t in TASKS} | {"geneval/overall"} <= set(metrics)
@@ -214,4 +263,8 @@ def test_prompt_generator_writes_valid_seeded_geneval_metadata(tmp_path):
     counting = [r for r in records if r["tag"] == "counting"]
     assert all(r["exclude"][0]["count"] == r["include"][0]["count"] + 1 for r in counting)
     main(["prompts", str(tmp_path / "shapes.jsonl"), "--vocabulary", "shapes", "--prompts_per_task", "2"])
-    assert {c["class"] for r in read_metadata(tmp_path / "shapes.jsonl") for c in r["include"]} <= {"circle", "square", "triangle"}
+    assert {c["class"] for r in read_metadata(tmp_path / "shapes.jsonl") for c in r["include"]} <= {
+        "circle",
+        "square",
+        "triangle",
+    }

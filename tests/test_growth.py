@@ -98,7 +98,10 @@ def test_non_block_parameters_are_copied():
     [
         (GrowthConfig(target_layers=8, drop_last=4), "drop_last=4 must be in \\[0, 3\\]"),
         (GrowthConfig(target_layers=1, drop_last=2), "target_layers=1 is smaller than the 2 preserved blocks"),
-        (GrowthConfig(target_layers=10, strategy="stack"), "stack needs target_layers a multiple of the source's 4 blocks"),
+        (
+            GrowthConfig(target_layers=10, strategy="stack"),
+            "stack needs target_layers a multiple of the source's 4 blocks",
+        ),
         (GrowthConfig(target_layers=8, strategy="net2net"), "unknown growth strategy 'net2net'"),
         (GrowthConfig(target_layers=8, qk_norm=None), None),
     ],

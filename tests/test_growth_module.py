@@ -4,6 +4,7 @@ import lightning as L
 import pytest
 import torch
 from diffusers import SanaTransformer2DModel
+from test_module import CONFIGS
 
 from sana_lightning.checkpoints import load_checkpoint_transformer
 from sana_lightning.cli import SanaCLI, main
@@ -11,16 +12,18 @@ from sana_lightning.data.datamodule import ShardDataModule
 from sana_lightning.growth_module import GrowthModule
 from sana_lightning.module import SanaFlowModule, TextEncoderConfig
 
-from test_module import CONFIGS
-
 
 @pytest.fixture(scope="module")
 def source_checkpoint(tmp_path_factory, shapes_dir):
     """A 4-block tiny model trained for 2 steps, saved by Lightning (with EMA weights)."""
     path = tmp_path_factory.mktemp("source") / "source.ckpt"
     L.seed_everything(0)
-    module = SanaFlowModule(preset="tiny", transformer={"num_layers": 4}, text_encoder=TextEncoderConfig(max_length=8), ema_decay=0.5)
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    module = SanaFlowModule(
+        preset="tiny", transformer={"num_layers": 4}, text_encoder=TextEncoderConfig(max_length=8), ema_decay=0.5
+    )
+    trainer = L.Trainer(
+        max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False
+    )
     trainer.fit(module, ShardDataModule(f"{shapes_dir}/train-*.tar", batch_size=4, batches_per_epoch=2, num_workers=0))
     trainer.save_checkpoint(path)
     return path
@@ -28,8 +31,12 @@ def source_checkpoint(tmp_path_factory, shapes_dir):
 
 def growth_module(source, **kwargs):
     return GrowthModule(
-        source=str(source), growth=kwargs.pop("growth", {"target_layers": 8, "drop_last": 0}), preset="tiny",
-        text_encoder=TextEncoderConfig(max_length=8), ema_decay=0.9, **kwargs,
+        source=str(source),
+        growth=kwargs.pop("growth", {"target_layers": 8, "drop_last": 0}),
+        preset="tiny",
+        text_encoder=TextEncoderConfig(max_length=8),
+        ema_decay=0.9,
+        **kwargs,
     )
 
 
@@ -52,13 +59,21 @@ def test_grown_module_starts_as_the_source_ema_model(source_checkpoint):
 
 
 def test_growth_trains_and_logs_block_update_norms(source_checkpoint, shapes_dir):
-    module = growth_module(source_checkpoint, growth={"target_layers": 6, "drop_last": 2}, log_block_norms_every_n_steps=1)
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    module = growth_module(
+        source_checkpoint, growth={"target_layers": 6, "drop_last": 2}, log_block_norms_every_n_steps=1
+    )
+    trainer = L.Trainer(
+        max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False
+    )
     trainer.fit(module, ShardDataModule(f"{shapes_dir}/train-*.tar", batch_size=4, batches_per_epoch=2, num_workers=0))
     metrics = trainer.callback_metrics
     assert set(k for k in metrics if k.startswith("blocks/")) == {
-        "blocks/update_norm/00_src0", "blocks/update_norm/01_src1", "blocks/update_norm/02_new",
-        "blocks/update_norm/03_new", "blocks/update_norm/04_new", "blocks/update_norm/05_new",
+        "blocks/update_norm/00_src0",
+        "blocks/update_norm/01_src1",
+        "blocks/update_norm/02_new",
+        "blocks/update_norm/03_new",
+        "blocks/update_norm/04_new",
+        "blocks/update_norm/05_new",
     }
     assert metrics["blocks/update_norm/00_src0"] > 0.01
     # After one step the new blocks have just left the identity: small but non-zero updates.
@@ -75,7 +90,9 @@ def test_preserved_blocks_can_train_with_a_smaller_learning_rate(source_checkpoi
 
 
 def test_source_errors_name_the_values_and_the_fix(source_checkpoint, tmp_path):
-    with pytest.raises(ValueError, match=r"source has num_attention_heads=2 but the target \(small\) has num_attention_heads=4"):
+    with pytest.raises(
+        ValueError, match=r"source has num_attention_heads=2 but the target \(small\) has num_attention_heads=4"
+    ):
         GrowthModule(source=str(source_checkpoint), growth={"target_layers": 8}, preset="small")
     with pytest.raises(FileNotFoundError, match="python -m sana_lightning.cli fit --config configs/base.yaml"):
         growth_module(tmp_path / "missing.ckpt")
@@ -87,16 +104,37 @@ def test_grow_command_writes_a_diffusers_model(source_checkpoint, tmp_path):
     main(["grow", str(source_checkpoint), str(tmp_path / "grown"), "12", "--strategy", "block_expand"])
     grown = SanaTransformer2DModel.from_pretrained(tmp_path / "grown")
     assert grown.config.num_layers == 12
-    assert json.loads((tmp_path / "grown/growth.json").read_text())["block_origins"] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert json.loads((tmp_path / "grown/growth.json").read_text())["block_origins"] == [
+        0,
+        0,
+        0,
+        1,
+        1,
+        1,
+        2,
+        2,
+        2,
+        3,
+        3,
+        3,
+    ]
     # The diffusers directory is itself a valid growth source.
     assert growth_module(tmp_path / "grown", growth={"target_layers": 14, "drop_last": 0}).block_labels[-1] == "new"
 
 
 def test_grow_config_runs_from_the_cli(source_checkpoint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    SanaCLI(args=[
-        "fit", "--config", str(CONFIGS / "grow.yaml"), "--config", str(CONFIGS / "tiny.yaml"),
-        f"--model.init_args.source={source_checkpoint}", "--model.init_args.growth.target_layers=6",
-        "--trainer.max_steps=2", "--trainer.logger.init_args.save_dir=runs",
-    ])
+    SanaCLI(
+        args=[
+            "fit",
+            "--config",
+            str(CONFIGS / "grow.yaml"),
+            "--config",
+            str(CONFIGS / "tiny.yaml"),
+            f"--model.init_args.source={source_checkpoint}",
+            "--model.init_args.growth.target_layers=6",
+            "--trainer.max_steps=2",
+            "--trainer.logger.init_args.save_dir=runs",
+        ]
+    )
     assert (tmp_path / "runs/grow/version_0/checkpoints/last.ckpt").exists()

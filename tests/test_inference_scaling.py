@@ -8,7 +8,15 @@ from PIL import Image
 from sana_lightning.cli import main
 from sana_lightning.data.shapes import SceneSampler, ShapeObject, render
 from sana_lightning.eval.shapes_detector import ShapesDetector
-from sana_lightning.inference_scaling import CLIPJudge, GenEvalOracleJudge, Verdict, VLMJudge, best_of_n, knockout, scale
+from sana_lightning.inference_scaling import (
+    CLIPJudge,
+    GenEvalOracleJudge,
+    Verdict,
+    VLMJudge,
+    best_of_n,
+    knockout,
+    scale,
+)
 
 
 def ordered_verdicts(n, seed=0):
@@ -42,14 +50,21 @@ def test_tie_rules():
 def scene_and_renders():
     scene = SceneSampler(32, random.Random(3)).sample("colors")
     good = render(scene.objects, 32)
-    bad = render([ShapeObject(o.shape, "white" if o.color != "white" else "black", o.cx, o.cy, o.size) for o in scene.objects], 32)
+    bad = render(
+        [ShapeObject(o.shape, "white" if o.color != "white" else "black", o.cx, o.cy, o.size) for o in scene.objects],
+        32,
+    )
     return scene, good, bad
 
 
 def test_oracle_judge_is_geneval():
     scene, good, bad = scene_and_renders()
     judge = GenEvalOracleJudge(ShapesDetector(), {scene.prompt: scene.metadata()})
-    assert judge.judge([bad, good, bad], scene.prompt) == [Verdict(False, 0, 1), Verdict(True, 1, 0), Verdict(False, 0, 1)]
+    assert judge.judge([bad, good, bad], scene.prompt) == [
+        Verdict(False, 0, 1),
+        Verdict(True, 1, 0),
+        Verdict(False, 0, 1),
+    ]
     with pytest.raises(ValueError, match="no metadata for prompt"):
         judge.judge([good], "a photo of a dragon")
 
@@ -75,8 +90,10 @@ def test_scale_selects_the_correct_candidate_and_resumes_without_regenerating(tm
     result = scale(tmp_path, records, generate, judge, num_candidates=8, batch_size=3)
     assert [p["winners"] for p in result["prompts"]] == [[5], [5]]
     assert (result["images_generated"], result["judge_calls"], result["comparisons"]) == (16, 16, 14)
-    assert torch.equal(torch.tensor(list(Image.open(tmp_path / "00001/samples/0000.png").getdata())),
-                       torch.tensor(list(good.getdata())))
+    assert torch.equal(
+        torch.tensor(list(Image.open(tmp_path / "00001/samples/0000.png").getdata())),
+        torch.tensor(list(good.getdata())),
+    )
     assert sorted(calls) == list(range(16))
     calls.clear()
     (tmp_path / "candidates/00001/samples/0007.png").unlink()  # as if the run had died before its last image
@@ -86,8 +103,21 @@ def test_scale_selects_the_correct_candidate_and_resumes_without_regenerating(tm
 
 
 def test_scale_command_writes_geneval_layout_and_tensorboard(tiny_checkpoint, shapes_dir, tmp_path):
-    main(["scale", str(tiny_checkpoint), str(tmp_path / "out"), "--prompts", str(shapes_dir / "metadata.jsonl"),
-          "--num_candidates", "4", "--log_dir", str(tmp_path / "tb"), "--grid_prompts", "2"])
+    main(
+        [
+            "scale",
+            str(tiny_checkpoint),
+            str(tmp_path / "out"),
+            "--prompts",
+            str(shapes_dir / "metadata.jsonl"),
+            "--num_candidates",
+            "4",
+            "--log_dir",
+            str(tmp_path / "tb"),
+            "--grid_prompts",
+            "2",
+        ]
+    )
     assert len(list((tmp_path / "out").glob("[0-9]*/samples/0000.png"))) == 12
     assert len(list((tmp_path / "out/candidates").glob("*/samples/*.png"))) == 48
     assert list((tmp_path / "tb").glob("events*"))

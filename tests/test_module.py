@@ -33,8 +33,13 @@ def fit(shapes_dir, tmp_path, max_epochs, ckpt_path=None):
     recorder = LossRecorder()
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer = L.Trainer(
-        max_epochs=max_epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[recorder, checkpoint], gradient_clip_val=1.0,
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[recorder, checkpoint],
+        gradient_clip_val=1.0,
     )
     data = ShardDataModule(f"{shapes_dir}/train-*.tar", batch_size=4, batches_per_epoch=3, num_workers=0)
     L.seed_everything(0)  # identical initial weights in every run
@@ -65,7 +70,9 @@ def test_checkpoints_hold_no_frozen_encoder_weights_and_reload(shapes_dir, tmp_p
         assert torch.equal(value, reloaded.transformer.state_dict()[key])
     images = reloaded.generate(["a photo of a red circle", "a photo of a blue square"], seeds=[0, 1])
     assert images.shape == (2, 3, 32, 32) and 0 <= images.min() and images.max() <= 1
-    torch.testing.assert_close(images, reloaded.generate(["a photo of a red circle", "a photo of a blue square"], [0, 1]))
+    torch.testing.assert_close(
+        images, reloaded.generate(["a photo of a red circle", "a photo of a blue square"], [0, 1])
+    )
 
 
 def test_ema_tracks_the_weights_once_per_optimizer_step():
@@ -99,9 +106,21 @@ def test_pretrained_transformer_from_a_local_diffusers_directory(tmp_path):
     "kwargs, error, match",
     [
         (dict(preset="sana-9b"), ValueError, "unknown preset 'sana-9b'"),
-        (dict(image_size=31), ValueError, "image_size 31 is not divisible by patch_size x autoencoder downsampling = 2: use a multiple of 2"),
-        (dict(transformer={"caption_channels": 2304}), ValueError, "transformer.caption_channels=2304 does not match the encoders \\(384\\)"),
-        (dict(text_encoder=TextEncoderConfig(path="/models/gemma-2-2b-it")), FileNotFoundError, "text encoder path '/models/gemma-2-2b-it' does not exist"),
+        (
+            dict(image_size=31),
+            ValueError,
+            "image_size 31 is not divisible by patch_size x autoencoder downsampling = 2: use a multiple of 2",
+        ),
+        (
+            dict(transformer={"caption_channels": 2304}),
+            ValueError,
+            "transformer.caption_channels=2304 does not match the encoders \\(384\\)",
+        ),
+        (
+            dict(text_encoder=TextEncoderConfig(path="/models/gemma-2-2b-it")),
+            FileNotFoundError,
+            "text encoder path '/models/gemma-2-2b-it' does not exist",
+        ),
     ],
 )
 def test_bad_model_configuration_is_a_one_line_error(kwargs, error, match):
@@ -124,7 +143,9 @@ def test_cli_fit_writes_tensorboard_losses_samples_and_checkpoints(tmp_path, mon
 def test_cli_sweep_stacks_configs_and_overrides(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["--config", str(CONFIGS / "base.yaml"), "--config", str(CONFIGS / "tiny.yaml")]
-    cli = SanaCLI(args=[*args, "--model.init_args.optimizer.init_args.lr=0.02", "--data.init_args.batch_size=3"], run=False)
+    cli = SanaCLI(
+        args=[*args, "--model.init_args.optimizer.init_args.lr=0.02", "--data.init_args.batch_size=3"], run=False
+    )
     assert cli.model.hparams.preset == "tiny" and cli.datamodule.batch_size == 3
     assert cli.model.optimizer_factory(cli.model.transformer.parameters()).param_groups[0]["lr"] == 0.02
     assert cli.model.latent_size == 32 and cli.model.sampler.shift == cli.model.flow.shift == 1.0  # interpolated

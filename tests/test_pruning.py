@@ -26,7 +26,9 @@ def model_with_identity_blocks():
 def calibration(seed=0):
     g = torch.Generator().manual_seed(seed)
     return CalibrationBatch(
-        torch.randn(4, 3, 16, 16, generator=g), torch.randn(4, 5, 384, generator=g), torch.ones(4, 5),
+        torch.randn(4, 3, 16, 16, generator=g),
+        torch.randn(4, 5, 384, generator=g),
+        torch.ones(4, 5),
         torch.randn(4, 3, 16, 16, generator=g),
     )
 
@@ -91,13 +93,37 @@ def test_selection_rules_and_errors():
 
 def test_importance_and_prune_commands_write_reports_and_a_diffusers_model(tiny_checkpoint, shapes_dir, tmp_path):
     shards = f"{shapes_dir}/val-*.tar"
-    main(["importance", str(tiny_checkpoint), "--out_dir", str(tmp_path / "report"), "--shards", shards,
-          "--batch_size", "4", "--num_sigmas", "3"])
+    main(
+        [
+            "importance",
+            str(tiny_checkpoint),
+            "--out_dir",
+            str(tmp_path / "report"),
+            "--shards",
+            shards,
+            "--batch_size",
+            "4",
+            "--num_sigmas",
+            "3",
+        ]
+    )
     report = json.loads((tmp_path / "report/importance.json").read_text())
     assert len(report["scores"]["cosine"]) == 4 and len(report["sigmas"]) == 3
     assert (tmp_path / "report/importance.png").stat().st_size > 10_000
-    main(["prune", str(tiny_checkpoint), str(tmp_path / "pruned"), "2", "--shards", shards, "--batch_size", "4",
-          "--num_sigmas", "3"])
+    main(
+        [
+            "prune",
+            str(tiny_checkpoint),
+            str(tmp_path / "pruned"),
+            "2",
+            "--shards",
+            shards,
+            "--batch_size",
+            "4",
+            "--num_sigmas",
+            "3",
+        ]
+    )
     record = json.loads((tmp_path / "pruned/prune.json").read_text())
     expected = blocks_to_remove(torch.tensor(report["scores"]["cosine"]), 2)
     assert record["removed"] == expected and len(record["kept"]) == 2
@@ -106,11 +132,17 @@ def test_importance_and_prune_commands_write_reports_and_a_diffusers_model(tiny_
 def test_recovery_trains_the_pruned_model_with_distillation(tiny_checkpoint, shapes_dir, tmp_path):
     main(["prune", str(tiny_checkpoint), str(tmp_path / "pruned"), "2", "--criterion", "last"])
     module = PruneRecoveryModule(
-        pruned=str(tmp_path / "pruned"), teacher=str(tiny_checkpoint), distill_weight=0.5, preset="tiny",
-        text_encoder=TextEncoderConfig(max_length=8), ema_decay=None,
+        pruned=str(tmp_path / "pruned"),
+        teacher=str(tiny_checkpoint),
+        distill_weight=0.5,
+        preset="tiny",
+        text_encoder=TextEncoderConfig(max_length=8),
+        ema_decay=None,
     )
     assert len(module.transformer.transformer_blocks) == 2 and len(module.teacher.transformer_blocks) == 4
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
     trainer.fit(module, ShardDataModule(f"{shapes_dir}/train-*.tar", batch_size=4, batches_per_epoch=2, num_workers=0))
     assert trainer.callback_metrics["train/distill"] > 0
     trainer.save_checkpoint(tmp_path / "recovered.ckpt")

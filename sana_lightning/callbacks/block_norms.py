@@ -36,6 +36,7 @@ class BlockUpdateNorms(L.Callback):
         labels = getattr(pl_module, "block_labels", None) or [""] * len(self._norms)
         pl_module.log_dict(
             {f"blocks/update_norm/{i:02d}{'_' + labels[i] if labels[i] else ''}": v for i, v in self._norms.items()},
-            on_step=True, on_epoch=False,
+            on_step=True,
+            on_epoch=False,
         )
         self._norms = {}

@@ -24,7 +24,9 @@ class SampleGrid(L.Callback):
     """Every `every_n_steps` optimizer steps (and at the end of training) draw one image per prompt (fixed seeds)
     with the module's sampler and EMA weights; log the grid and its prompts to TensorBoard and save it as PNG."""
 
-    def __init__(self, prompts: list[str] | None = None, every_n_steps: int = 250, seed: int = 0, columns: int = 8) -> None:
+    def __init__(
+        self, prompts: list[str] | None = None, every_n_steps: int = 250, seed: int = 0, columns: int = 8
+    ) -> None:
         self.prompts = list(prompts or DEFAULT_PROMPTS)
         self.every_n_steps = every_n_steps
         self.seed = seed

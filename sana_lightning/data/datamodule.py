@@ -223,7 +223,11 @@ class ShapesDataModule(ShardDataModule):
     are `ShardDataModule`'s."""
 
     def __init__(
-        self, root: str = "data/shapes", num_train: int = 24000, num_val: int = 512, eval_prompts_per_task: int = 32,
+        self,
+        root: str = "data/shapes",
+        num_train: int = 24000,
+        num_val: int = 512,
+        eval_prompts_per_task: int = 32,
         **kwargs,
     ) -> None:
         super().__init__(train_shards=f"{root}/train-*.tar", val_shards=f"{root}/val-*.tar", **kwargs)
@@ -235,6 +239,10 @@ class ShapesDataModule(ShardDataModule):
     def prepare_data(self) -> None:
         if not glob.glob(f"{self.root}/train-*.tar"):
             write_shapes_dataset(
-                self.root, self.num_train, self.num_val, self.image_size,
-                eval_prompts_per_task=self.eval_prompts_per_task, seed=self.seed,
+                self.root,
+                self.num_train,
+                self.num_val,
+                self.image_size,
+                eval_prompts_per_task=self.eval_prompts_per_task,
+                seed=self.seed,
             )

@@ -12,7 +12,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def read_captions(image: Path) -> list[str] | None:
-    """Captions of `image` from `<stem>.json` (`captions` list, or `caption` / `prompt`) or `<stem>.txt` (a line each)."""
+    """Captions of `image` from `<stem>.json` (`captions`, or `caption` / `prompt`) or `<stem>.txt` (one a line)."""
     meta, text = image.with_suffix(".json"), image.with_suffix(".txt")
     if meta.exists():
         try:
@@ -55,5 +55,7 @@ def write_folder_shards(
     if skipped:
         log.warning("skipped %d of %d images without a .txt or .json caption beside them", skipped, len(images))
     if skipped == len(images):
-        raise ValueError(f"none of the {len(images)} images under '{image_dir}' has a caption (.txt or .json beside it)")
+        raise ValueError(
+            f"none of the {len(images)} images under '{image_dir}' has a caption (.txt or .json beside it)"
+        )
     return sorted(str(p) for p in out.glob(f"{prefix}-*.tar"))

@@ -104,7 +104,9 @@ class SceneSampler:
         self.size = image_size
         self.rng = rng
 
-    def _place(self, count: int, scale: tuple[float, float], region=None, placed=()) -> list[tuple[float, float, float]]:
+    def _place(
+        self, count: int, scale: tuple[float, float], region=None, placed=()
+    ) -> list[tuple[float, float, float]]:
         """`count` (cx, cy, size) that fit in `region` (x0, y0, x1, y1, fractions) and overlap nothing placed."""
         rx0, ry0, rx1, ry1 = region or (0, 0, 1, 1)
         for _ in range(1000):
@@ -116,7 +118,7 @@ class SceneSampler:
                 if all(max(abs(cx - x), abs(cy - y)) > (size + s) / 2 + 2 for x, y, s in found):  # 2px apart
                     found.append((cx, cy, size))
             if len(found) == len(placed) + count:
-                return found[len(placed):]
+                return found[len(placed) :]
         raise ValueError(f"cannot place {count} shapes in a {self.size}px image: use image_size >= 24")
 
     def _objects(self, shapes: list[str], colors: list[str], places) -> list[ShapeObject]:
@@ -149,8 +151,12 @@ class SceneSampler:
         if tag == "position":
             relation = rng.choice(RELATIONS)
             # objs[1] stands `relation` objs[0]: each is placed in its own half of the image.
-            halves = {"left of": ((0.5, 0, 1, 1), (0, 0, 0.5, 1)), "right of": ((0, 0, 0.5, 1), (0.5, 0, 1, 1)),
-                      "above": ((0, 0.5, 1, 1), (0, 0, 1, 0.5)), "below": ((0, 0, 1, 0.5), (0, 0.5, 1, 1))}
+            halves = {
+                "left of": ((0.5, 0, 1, 1), (0, 0, 0.5, 1)),
+                "right of": ((0, 0, 0.5, 1), (0.5, 0, 1, 1)),
+                "above": ((0, 0.5, 1, 1), (0, 0, 1, 0.5)),
+                "below": ((0, 0, 1, 0.5), (0, 0.5, 1, 1)),
+            }
             first, second = halves[relation]
             while True:  # GenEval's rule must hold exactly for the ground truth, not just "in the other half"
                 anchor = self._place(1, (0.25, 0.4), first)
@@ -176,8 +182,11 @@ def _write_split(directory: Path, split: str, count: int, per_shard: int, sample
     with wds.ShardWriter(pattern, maxcount=per_shard, verbose=0) as writer:
         for index in tqdm(range(count), desc=f"shapes {split}", unit="img"):
             scene = sampler.sample(TASKS[index % len(TASKS)])
-            record = {"captions": [scene.prompt, scene.description], **scene.metadata(),
-                      "objects": [asdict(o) for o in scene.objects]}
+            record = {
+                "captions": [scene.prompt, scene.description],
+                **scene.metadata(),
+                "objects": [asdict(o) for o in scene.objects],
+            }
             image = render(scene.objects, sampler.size)
             writer.write({"__key__": f"{split}{index:08d}", "png": encode_png(image), "json": json.dumps(record)})
     return sorted(str(p) for p in directory.glob(f"{split}-*.tar"))

@@ -7,7 +7,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sana_lightning.eval.geneval import ImageResult, Detector, score_image, validate_metadata
+from sana_lightning.eval.geneval import Detector, ImageResult, score_image, validate_metadata
 
 
 def write_folder(
@@ -47,7 +47,9 @@ def score_folder(image_dir: str | Path, detector: Detector) -> list[ImageResult]
     root = Path(image_dir)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit()) if root.is_dir() else []
     if not folders:
-        raise FileNotFoundError(f"no GenEval prompt folders (00000/, 00001/, ...) in '{image_dir}': run `generate` first")
+        raise FileNotFoundError(
+            f"no GenEval prompt folders (00000/, 00001/, ...) in '{image_dir}': run `generate` first"
+        )
     results = []
     for folder in tqdm(folders, desc="scoring", unit="prompt"):
         metadata_path = folder / "metadata.jsonl"

@@ -77,7 +77,9 @@ def keep_confident(detections: dict[str, list[Detection]], tag: str) -> dict[str
     return kept
 
 
-def evaluate(image: Image.Image, detections: dict[str, list[Detection]], metadata: dict, detector: Detector) -> tuple[bool, str]:
+def evaluate(
+    image: Image.Image, detections: dict[str, list[Detection]], metadata: dict, detector: Detector
+) -> tuple[bool, str]:
     """GenEval's verdict on one image given its (already thresholded, sorted) detections, and the reasons."""
     correct, reasons, matched_groups = True, [], []
     for clause in metadata.get("include", []):
@@ -133,7 +135,9 @@ def validate_metadata(record: dict, where: str) -> dict:
         if "position" in clause:
             relation, target = clause["position"]
             if relation not in RELATIONS or not 0 <= target < len(record["include"]):
-                raise ValueError(f"{where}: position {clause['position']!r} needs a relation of {RELATIONS} and an include index")
+                raise ValueError(
+                    f"{where}: position {clause['position']!r} needs a relation of {RELATIONS} and an include index"
+                )
     return record
 
 

@@ -5,20 +5,101 @@ import random
 from sana_lightning.eval.geneval import COLORS, RELATIONS, TASKS
 
 COCO_CLASSES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "computer mouse", "remote", "computer keyboard",
-    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
-    "teddy bear", "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "computer mouse",
+    "remote",
+    "computer keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 )
 SHAPES_CLASSES = ("circle", "square", "triangle")
-IRREGULAR_PLURALS = {"person": "people", "sheep": "sheep", "skis": "pairs of skis", "scissors": "pairs of scissors",
-                     "knife": "knives", "bus": "buses", "couch": "couches", "sandwich": "sandwiches",
-                     "toothbrush": "toothbrushes", "wine glass": "wine glasses", "computer mouse": "computer mice"}
+IRREGULAR_PLURALS = {
+    "person": "people",
+    "sheep": "sheep",
+    "skis": "pairs of skis",
+    "scissors": "pairs of scissors",
+    "knife": "knives",
+    "bus": "buses",
+    "couch": "couches",
+    "sandwich": "sandwiches",
+    "toothbrush": "toothbrushes",
+    "wine glass": "wine glasses",
+    "computer mouse": "computer mice",
+}
 NUMBERS = {2: "two", 3: "three", 4: "four"}
 
 
@@ -47,10 +128,16 @@ def geneval_prompts(classes: tuple[str, ...] = COCO_CLASSES, prompts_per_task: i
                 record = {"include": include, "prompt": f"a photo of {with_article(a)} and {with_article(b)}"}
             elif tag == "counting":
                 n = rng.randint(2, 4)
-                record = {"include": [{"class": a, "count": n}], "exclude": [{"class": a, "count": n + 1}],
-                          "prompt": f"a photo of {NUMBERS[n]} {plural(a)}"}
+                record = {
+                    "include": [{"class": a, "count": n}],
+                    "exclude": [{"class": a, "count": n + 1}],
+                    "prompt": f"a photo of {NUMBERS[n]} {plural(a)}",
+                }
             elif tag == "colors":
-                record = {"include": [{"class": a, "count": 1, "color": ca}], "prompt": f"a photo of {with_article(f'{ca} {a}')}"}
+                record = {
+                    "include": [{"class": a, "count": 1, "color": ca}],
+                    "prompt": f"a photo of {with_article(f'{ca} {a}')}",
+                }
             elif tag == "position":
                 relation = rng.choice(RELATIONS)
                 include = [{"class": b, "count": 1}, {"class": a, "count": 1, "position": [relation, 0]}]

@@ -5,7 +5,11 @@ from PIL import Image
 
 from sana_lightning.eval.geneval import COLORS, Detection
 
-COLOR_TEMPLATES = ("a photo of a {color} {object}", "a photo of a {color}-colored {object}", "a photo of a {color} object")
+COLOR_TEMPLATES = (
+    "a photo of a {color} {object}",
+    "a photo of a {color}-colored {object}",
+    "a photo of a {color} object",
+)
 
 
 def _projected(output) -> torch.Tensor:
@@ -71,7 +75,9 @@ class TransformersDetector:
         return [COLORS[i] for i in (features @ self._text_embeddings(classname).T).argmax(-1).tolist()]
 
 
-def make_detector(name: str = "shapes", detector_path: str | None = None, clip_path: str | None = None, device: str = "cpu"):
+def make_detector(
+    name: str = "shapes", detector_path: str | None = None, clip_path: str | None = None, device: str = "cpu"
+):
     """`shapes` (the exact Shapes detector) or `transformers` (detector + CLIP from local paths)."""
     if name == "shapes":
         from sana_lightning.eval.shapes_detector import ShapesDetector

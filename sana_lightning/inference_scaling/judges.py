@@ -34,7 +34,12 @@ class VLMJudge:
 
     @torch.no_grad()
     def judge(self, images: list[Image.Image], prompt: str) -> list[Verdict]:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.QUESTION.format(prompt=prompt)}]}]
+        messages = [
+            {
+                "role": "user",
+                "content": [{"type": "image"}, {"type": "text", "text": self.QUESTION.format(prompt=prompt)}],
+            }
+        ]
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
         verdicts = []
         for image in images:

@@ -54,9 +54,15 @@ def scale(
             shutil.copyfile(paths[winner], folder / "samples" / f"{rank:04d}.png")
         prompts.append({"prompt": record["prompt"], "winners": winners, "verdicts": [asdict(v) for v in verdicts]})
     result = {
-        "num_candidates": num_candidates, "k": k, "selection": selection, "images_generated": num_candidates * len(records),
-        "judge_calls": judge_calls, "comparisons": comparisons, "generate_seconds": generated - start,
-        "judge_seconds": time.perf_counter() - generated, "prompts": prompts,
+        "num_candidates": num_candidates,
+        "k": k,
+        "selection": selection,
+        "images_generated": num_candidates * len(records),
+        "judge_calls": judge_calls,
+        "comparisons": comparisons,
+        "generate_seconds": generated - start,
+        "judge_seconds": time.perf_counter() - generated,
+        "prompts": prompts,
     }
     (out / "scores.json").write_text(json.dumps(result, indent=2))
     return result

@@ -61,7 +61,9 @@ class CAME(torch.optim.Optimizer):
             raise ValueError(f"lr must be positive, got {lr}")
         if not all(0.0 <= beta <= 1.0 for beta in betas):
             raise ValueError(f"betas must lie in [0, 1], got {betas}")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=tuple(eps), clip_threshold=clip_threshold, weight_decay=weight_decay)
+        defaults = dict(
+            lr=lr, betas=tuple(betas), eps=tuple(eps), clip_threshold=clip_threshold, weight_decay=weight_decay
+        )
         super().__init__(params, defaults)
 
     # First-moment storage: plain fp32 here, 8-bit blockwise in CAME8bit.
