@@ -6,7 +6,9 @@ functions whose typed signatures make their options.
 """
 
 import json
+import os
 import sys
+from argparse import ArgumentError
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Literal
@@ -256,7 +258,7 @@ class SanaCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             auto_configure_optimizers=False,
-            parser_kwargs={"parser_mode": "omegaconf"},
+            parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},  # `run` prints the root cause
             trainer_defaults={
                 "logger": {
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -265,6 +267,10 @@ class SanaCLI(LightningCLI):
             },
             save_config_kwargs={"overwrite": True},
         )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # One image size for data and model, also when a sweep overrides it on the command line.
+        parser.link_arguments("data.init_args.image_size", "model.init_args.image_size")
 
 
 def main(args: list[str] | None = None) -> None:
@@ -277,5 +283,20 @@ def main(args: list[str] | None = None) -> None:
     SanaCLI(args=args)
 
 
+def run() -> None:
+    """`main` for people: a bad input (missing file, impossible size, malformed data, unknown option) prints its
+    one-line error, the innermost of a chain, instead of a traceback; SANA_LIGHTNING_DEBUG=1 shows the traceback."""
+    try:
+        main()
+    except (FileNotFoundError, ValueError, ArgumentError) as error:
+        if os.environ.get("SANA_LIGHTNING_DEBUG"):
+            raise
+        chain = [error]
+        while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None:
+            chain.append(cause)
+        user_errors = (FileNotFoundError, ValueError, ArgumentError)
+        sys.exit(f"error: {next(e for e in reversed(chain) if isinstance(e, user_errors))}")
+
+
 if __name__ == "__main__":
-    main()
+    run()

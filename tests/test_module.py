@@ -162,3 +162,30 @@ def test_cli_validate_test_and_predict_from_a_fit_checkpoint(tmp_path, monkeypat
     cli = SanaCLI(args=configs, run=False)
     images = cli.trainer.predict(cli.model, cli.datamodule, ckpt_path=checkpoint)
     assert len(images) == 1 and images[0].shape == (8, 3, 32, 32) and 0 <= images[0].min() <= images[0].max() <= 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["fit", "--config", str(CONFIGS / "grow.yaml"), "--model.init_args.source=nope.ckpt"],
+            "error: 'nope.ckpt' does not exist",
+        ),
+        (
+            ["fit", "--config", str(CONFIGS / "base.yaml"), "--data.init_args.image_size=33"],
+            "error: image_size 33 is not divisible",
+        ),
+        (
+            ["fit", "--config", str(CONFIGS / "base.yaml"), "--trainer.max_stepz=3"],
+            "error: unrecognized arguments: --trainer.max_stepz=3",
+        ),
+    ],
+)
+def test_command_line_errors_are_one_line(argv, message, monkeypatch, tmp_path):
+    from sana_lightning.cli import run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["sana-lightning", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        run()
+    assert str(exit_info.value.code).startswith(message) and "\n" not in str(exit_info.value.code)
