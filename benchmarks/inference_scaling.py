@@ -1,6 +1,6 @@
 """Inference-time scaling on the Shapes domain (SANA 1.5, section 2.3 / figure 6): GenEval-Shapes vs N.
 
-    python -m benchmarks.inference_scaling [--checkpoint CKPT] [--prompts-per-task 8] [--max-n 32]
+    python -m benchmarks.inference_scaling [--checkpoint CKPT] [--prompts-per-task 4] [--max-n 32]
 
 32 candidates a prompt are generated once (seeded); best-of-N for N = 1, 2, 4, ... uses the first N of them, so
 every N is measured on the same images. Judge: the GenEval oracle (exact Shapes detector), an upper bound for a
@@ -31,7 +31,7 @@ from PIL import Image  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="runs/sana/version_*/checkpoints/last.ckpt")
-    parser.add_argument("--prompts-per-task", type=int, default=8)
+    parser.add_argument("--prompts-per-task", type=int, default=4)
     parser.add_argument("--max-n", type=int, default=32)
     args = parser.parse_args()
     module = SanaFlowModule.from_checkpoint(args.checkpoint)
