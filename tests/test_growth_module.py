@@ -10,23 +10,7 @@ from sana_lightning.checkpoints import load_checkpoint_transformer
 from sana_lightning.cli import SanaCLI, main
 from sana_lightning.data.datamodule import ShardDataModule
 from sana_lightning.growth_module import GrowthModule
-from sana_lightning.module import SanaFlowModule, TextEncoderConfig
-
-
-@pytest.fixture(scope="module")
-def source_checkpoint(tmp_path_factory, shapes_dir):
-    """A 4-block tiny model trained for 2 steps, saved by Lightning (with EMA weights)."""
-    path = tmp_path_factory.mktemp("source") / "source.ckpt"
-    L.seed_everything(0)
-    module = SanaFlowModule(
-        preset="tiny", transformer={"num_layers": 4}, text_encoder=TextEncoderConfig(max_length=8), ema_decay=0.5
-    )
-    trainer = L.Trainer(
-        max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False
-    )
-    trainer.fit(module, ShardDataModule(f"{shapes_dir}/train-*.tar", batch_size=4, batches_per_epoch=2, num_workers=0))
-    trainer.save_checkpoint(path)
-    return path
+from sana_lightning.module import TextEncoderConfig
 
 
 def growth_module(source, **kwargs):
@@ -47,20 +31,20 @@ def velocity(transformer):
         return transformer(x, encoder_hidden_states=text, timestep=torch.tensor([100.0, 700.0])).sample
 
 
-def test_grown_module_starts_as_the_source_ema_model(source_checkpoint):
-    checkpoint = torch.load(source_checkpoint, weights_only=True)
-    source_ema = load_checkpoint_transformer(str(source_checkpoint))
+def test_grown_module_starts_as_the_source_ema_model(tiny_checkpoint):
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
+    source_ema = load_checkpoint_transformer(str(tiny_checkpoint))
     assert torch.equal(source_ema.proj_out.weight, checkpoint["state_dict"]["ema.module.proj_out.weight"])
-    module = growth_module(source_checkpoint)
+    module = growth_module(tiny_checkpoint)
     assert module.block_labels == ["src0", "src1", "src2", "src3"] + ["new"] * 4
     assert (velocity(module.transformer) - velocity(source_ema)).abs().max().item() <= 1e-5
-    raw = load_checkpoint_transformer(str(source_checkpoint), weights="raw")
+    raw = load_checkpoint_transformer(str(tiny_checkpoint), weights="raw")
     assert torch.equal(raw.proj_out.weight, checkpoint["state_dict"]["transformer.proj_out.weight"])
 
 
-def test_growth_trains_and_logs_block_update_norms(source_checkpoint, shapes_dir):
+def test_growth_trains_and_logs_block_update_norms(tiny_checkpoint, shapes_dir):
     module = growth_module(
-        source_checkpoint, growth={"target_layers": 6, "drop_last": 2}, log_block_norms_every_n_steps=1
+        tiny_checkpoint, growth={"target_layers": 6, "drop_last": 2}, log_block_norms_every_n_steps=1
     )
     trainer = L.Trainer(
         max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False
@@ -80,28 +64,28 @@ def test_growth_trains_and_logs_block_update_norms(source_checkpoint, shapes_dir
     assert 0 < metrics["blocks/update_norm/05_new"] < metrics["blocks/update_norm/00_src0"]
 
 
-def test_preserved_blocks_can_train_with_a_smaller_learning_rate(source_checkpoint):
+def test_preserved_blocks_can_train_with_a_smaller_learning_rate(tiny_checkpoint):
     optimizer = lambda groups: torch.optim.AdamW(groups, lr=1e-3)  # noqa: E731
-    module = growth_module(source_checkpoint, preserved_lr_scale=0.1, optimizer=optimizer)
+    module = growth_module(tiny_checkpoint, preserved_lr_scale=0.1, optimizer=optimizer)
     groups = module.configure_optimizers().param_groups
     assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-4)]
     preserved = {id(p) for b in module.transformer.transformer_blocks[:4] for p in b.parameters()}
     assert {id(p) for p in groups[1]["params"]} == preserved
 
 
-def test_source_errors_name_the_values_and_the_fix(source_checkpoint, tmp_path):
+def test_source_errors_name_the_values_and_the_fix(tiny_checkpoint, tmp_path):
     with pytest.raises(
         ValueError, match=r"source has num_attention_heads=2 but the target \(small\) has num_attention_heads=4"
     ):
-        GrowthModule(source=str(source_checkpoint), growth={"target_layers": 8}, preset="small")
+        GrowthModule(source=str(tiny_checkpoint), growth={"target_layers": 8}, preset="small")
     with pytest.raises(FileNotFoundError, match="python -m sana_lightning.cli fit --config configs/base.yaml"):
         growth_module(tmp_path / "missing.ckpt")
     with pytest.raises(FileNotFoundError, match="no checkpoint matches"):
         growth_module(tmp_path / "runs/*/last.ckpt")
 
 
-def test_grow_command_writes_a_diffusers_model(source_checkpoint, tmp_path):
-    main(["grow", str(source_checkpoint), str(tmp_path / "grown"), "12", "--strategy", "block_expand"])
+def test_grow_command_writes_a_diffusers_model(tiny_checkpoint, tmp_path):
+    main(["grow", str(tiny_checkpoint), str(tmp_path / "grown"), "12", "--strategy", "block_expand"])
     grown = SanaTransformer2DModel.from_pretrained(tmp_path / "grown")
     assert grown.config.num_layers == 12
     assert json.loads((tmp_path / "grown/growth.json").read_text())["block_origins"] == [
@@ -122,7 +106,7 @@ def test_grow_command_writes_a_diffusers_model(source_checkpoint, tmp_path):
     assert growth_module(tmp_path / "grown", growth={"target_layers": 14, "drop_last": 0}).block_labels[-1] == "new"
 
 
-def test_grow_config_runs_from_the_cli(source_checkpoint, tmp_path, monkeypatch):
+def test_grow_config_runs_from_the_cli(tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     SanaCLI(
         args=[
@@ -131,7 +115,7 @@ def test_grow_config_runs_from_the_cli(source_checkpoint, tmp_path, monkeypatch)
             str(CONFIGS / "grow.yaml"),
             "--config",
             str(CONFIGS / "tiny.yaml"),
-            f"--model.init_args.source={source_checkpoint}",
+            f"--model.init_args.source={tiny_checkpoint}",
             "--model.init_args.growth.target_layers=6",
             "--trainer.max_steps=2",
             "--trainer.logger.init_args.save_dir=runs",

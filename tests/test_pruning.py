@@ -92,38 +92,12 @@ def test_selection_rules_and_errors():
 
 
 def test_importance_and_prune_commands_write_reports_and_a_diffusers_model(tiny_checkpoint, shapes_dir, tmp_path):
-    shards = f"{shapes_dir}/val-*.tar"
-    main(
-        [
-            "importance",
-            str(tiny_checkpoint),
-            "--out_dir",
-            str(tmp_path / "report"),
-            "--shards",
-            shards,
-            "--batch_size",
-            "4",
-            "--num_sigmas",
-            "3",
-        ]
-    )
+    calibration = ["--shards", f"{shapes_dir}/val-*.tar", "--batch_size", "4", "--num_sigmas", "3"]
+    main(["importance", str(tiny_checkpoint), "--out_dir", str(tmp_path / "report"), *calibration])
     report = json.loads((tmp_path / "report/importance.json").read_text())
     assert len(report["scores"]["cosine"]) == 4 and len(report["sigmas"]) == 3
     assert (tmp_path / "report/importance.png").stat().st_size > 10_000
-    main(
-        [
-            "prune",
-            str(tiny_checkpoint),
-            str(tmp_path / "pruned"),
-            "2",
-            "--shards",
-            shards,
-            "--batch_size",
-            "4",
-            "--num_sigmas",
-            "3",
-        ]
-    )
+    main(["prune", str(tiny_checkpoint), str(tmp_path / "pruned"), "2", *calibration])
     record = json.loads((tmp_path / "pruned/prune.json").read_text())
     expected = blocks_to_remove(torch.tensor(report["scores"]["cosine"]), 2)
     assert record["removed"] == expected and len(record["kept"]) == 2
