@@ -155,12 +155,14 @@ class SanaFlowModule(L.LightningModule):
         embeds, mask = self.text_encoder(captions)
         return self.autoencoder.encode(batch["image"]), embeds, mask
 
-    def flow_inputs(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Everything one training step feeds the transformer; all randomness (dropout, noise, noise levels)
-        drawn from `generator`."""
+    def flow_inputs(
+        self, batch: dict, generator: torch.Generator, sigmas: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Everything one training step feeds the transformer; all randomness (dropout, noise, and the noise levels
+        unless `sigmas` are given) drawn from `generator`."""
         x0, embeds, mask = self.encode_batch(batch, generator)
         noise = torch.randn(x0.shape, generator=generator).to(x0)
-        sigmas = sample_sigmas(len(x0), self.flow, generator)
+        sigmas = sample_sigmas(len(x0), self.flow, generator) if sigmas is None else sigmas
         return dict(x0=x0, noise=noise, sigmas=sigmas, noisy=add_noise(x0, noise, sigmas), embeds=embeds, mask=mask)
 
     def flow_step(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -196,14 +198,13 @@ class SanaFlowModule(L.LightningModule):
 
     def fixed_noise_loss(self, batch: dict, batch_idx: int, stage: str) -> None:
         """Loss on fixed noise and evenly spaced noise levels, so curves compare across runs and steps."""
-        generator = self.noise_generator(-1, batch_idx)
-        x0, embeds, mask = self.encode_batch(batch, generator)
-        noise = torch.randn(x0.shape, generator=generator).to(x0)
-        sigmas = (torch.arange(len(x0)) + 0.5) / len(x0)
-        noisy = add_noise(x0, noise, sigmas)
+        size = len(batch["caption"])
+        sigmas = (torch.arange(size) + 0.5) / size
+        inputs = self.flow_inputs(batch, self.noise_generator(-1, batch_idx), sigmas)
         for name, transformer in self.transformers().items():
-            loss = flow_loss(self.velocity(transformer, noisy, sigmas, embeds, mask), x0, noise)
-            self.log(f"{stage}/{name}", loss, prog_bar=name == "loss", sync_dist=True, batch_size=len(x0))
+            prediction = self.velocity(transformer, inputs["noisy"], sigmas, inputs["embeds"], inputs["mask"])
+            loss = flow_loss(prediction, inputs["x0"], inputs["noise"])
+            self.log(f"{stage}/{name}", loss, prog_bar=name == "loss", sync_dist=True, batch_size=size)
 
     def calibration_batch(self, batch: dict, seed: int = 0) -> CalibrationBatch:
         """Fixed inputs for block-importance statistics: clean latents and embeddings of `batch`, seeded noise."""
