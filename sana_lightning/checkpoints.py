@@ -2,6 +2,7 @@
 
 import glob
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -27,6 +28,29 @@ def resolve_path(path: str) -> str:
     return path
 
 
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    """A distributed (DCP) checkpoint folder, as FSDP strategies save: one shard file per rank plus `.metadata`."""
+    return Path(path, ".metadata").is_file()
+
+
+def consolidate_checkpoint(sharded: str, output: str | None = None) -> Path:
+    """Gather a sharded (FSDP) checkpoint folder into one file that growth, pruning and sampling read: its weights,
+    `transformer_config` and hyper-parameters (resume training from the folder itself; it keeps the optimizer)."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    sharded = resolve_path(sharded)
+    if not is_sharded_checkpoint(sharded):
+        raise ValueError(f"'{sharded}' is not a sharded checkpoint folder (no .metadata): it needs no consolidation")
+    out = Path(output or f"{str(sharded).rstrip('/').removesuffix('.ckpt')}-consolidated.ckpt")
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        dcp_to_torch_save(sharded, f"{tmp}/gathered.pt")
+        gathered = torch.load(f"{tmp}/gathered.pt", map_location="cpu", weights_only=True)
+    meta = torch.load(Path(sharded, "meta.pt"), map_location="cpu", weights_only=False)
+    state = gathered.get("state_dict", gathered.get("model"))  # ModelParallelStrategy / FSDPStrategy key
+    torch.save({**meta, "state_dict": state}, out)
+    return out
+
+
 def load_checkpoint_transformer(path: str, weights: str = "ema") -> SanaTransformer2DModel:
     """The transformer stored in a checkpoint file or diffusers directory.
 
@@ -34,6 +58,11 @@ def load_checkpoint_transformer(path: str, weights: str = "ema") -> SanaTransfor
     `ema.module.` (averaged) weights; `weights` picks `ema` (falling back to the trained weights) or `raw`.
     """
     path = resolve_path(path)
+    if is_sharded_checkpoint(path):
+        raise ValueError(
+            f"'{path}' is a sharded checkpoint: consolidate it first with "
+            f"`python -m sana_lightning.cli consolidate {path}` and give the file it writes"
+        )
     if Path(path).is_dir():
         return load_transformer(path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

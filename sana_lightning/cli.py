@@ -1,7 +1,7 @@
 """Command line: `python -m sana_lightning.cli fit|validate|test|predict --config ...` plus model/data commands.
 
 Lightning subcommands come from `LightningCLI` (sweeps: stack `--config` files and `--x.y=value` overrides); the
-others (`shapes`, `shards`, `grow`, `importance`, `prune`, `generate`, `geneval`, `scale`, `prompts`) are plain
+others (`shapes`, `shards`, `grow`, `importance`, `prune`, `generate`, `geneval`, `scale`, `prompts`, `consolidate`, `memory`) are plain
 functions whose typed signatures make their options.
 """
 
@@ -19,7 +19,7 @@ from lightning.pytorch.cli import LightningCLI
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
-from sana_lightning.checkpoints import load_checkpoint_transformer
+from sana_lightning.checkpoints import consolidate_checkpoint, load_checkpoint_transformer
 from sana_lightning.data.datamodule import ShardStream, expand_shards
 from sana_lightning.data.folder_shards import write_folder_shards
 from sana_lightning.data.shapes import write_shapes_dataset
@@ -224,6 +224,13 @@ def scale_command(
     return result
 
 
+def consolidate(checkpoint: str, output: str | None = None) -> Path:
+    """Gather a sharded (FSDP) checkpoint folder into one `.ckpt` file (default: `<folder>-consolidated.ckpt`)."""
+    out = consolidate_checkpoint(checkpoint, output)
+    print(f"consolidated {checkpoint} -> {out}")
+    return out
+
+
 def write_prompts(
     out_file: str, vocabulary: Literal["coco", "shapes"] = "coco", prompts_per_task: int = 100, seed: int = 0
 ) -> Path:
@@ -245,6 +252,7 @@ COMMANDS = {
     "geneval": geneval_score,
     "scale": scale_command,
     "prompts": write_prompts,
+    "consolidate": consolidate,
 }
 
 

@@ -22,6 +22,7 @@ from sana_lightning.flow import (
 from sana_lightning.presets import build_transformer
 from sana_lightning.pruning import CalibrationBatch
 from sana_lightning.sampling import SamplerConfig, denoise, initial_noise, make_scheduler
+from sana_lightning.sharding import ShardingConfig, is_sharded, shard_transformer
 from sana_lightning.text_encoder import TextEncoder
 
 
@@ -47,6 +48,17 @@ class AutoencoderConfig:
 def _config(cls, value):
     """A config dataclass from itself, a dict (as stored in checkpoints) or None (defaults)."""
     return cls(**value) if isinstance(value, dict) else value or cls()
+
+
+def _drop_frozen(module: "SanaFlowModule", state_dict: dict, prefix: str, local_metadata) -> None:
+    for key in [k for k in state_dict if k.startswith(tuple(prefix + p for p in module.frozen_prefixes))]:
+        del state_dict[key]
+
+
+def _restore_frozen(module: "SanaFlowModule", state_dict: dict, prefix: str, *args) -> None:
+    for name in module.frozen_prefixes:
+        if (part := getattr(module, name.rstrip("."))) is not None:
+            state_dict.update(part.state_dict(prefix=prefix + name))
 
 
 def _adamw(params) -> torch.optim.Optimizer:
@@ -75,6 +87,7 @@ class SanaFlowModule(L.LightningModule):
         ema_decay: float | None = 0.999,
         optimizer: OptimizerCallable = _adamw,
         lr_scheduler: LRSchedulerCallable | None = None,
+        sharding: ShardingConfig | dict | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -82,6 +95,7 @@ class SanaFlowModule(L.LightningModule):
         autoencoder = _config(AutoencoderConfig, autoencoder)
         self.flow = _config(FlowConfig, flow)
         self.sampler = _config(SamplerConfig, sampler)
+        self.sharding = _config(ShardingConfig, sharding)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         # Plain dicts in the hyper-parameters (also those of subclasses) keep checkpoints `weights_only` loadable.
         self.hparams.update({k: asdict(v) for k, v in self.hparams.items() if is_dataclass(v)})
@@ -97,6 +111,11 @@ class SanaFlowModule(L.LightningModule):
             if ema_decay
             else None
         )
+        if self.ema is not None:
+            self.ema.requires_grad_(False)  # averaged, never trained
+        # Frozen parts never enter a state dict (checkpoints, sharded or not); loading puts the current ones back.
+        self.register_state_dict_post_hook(_drop_frozen)
+        self.register_load_state_dict_pre_hook(_restore_frozen)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.skipped_samples = 0
@@ -224,6 +243,29 @@ class SanaFlowModule(L.LightningModule):
         """The trained weights, and their EMA when kept, by the name their validation loss is logged under."""
         return {"loss": self.transformer} | ({"loss_ema": self.ema.module} if self.ema is not None else {})
 
+    def configure_model(self) -> None:
+        """Under `ModelParallelStrategy` (which sets `device_mesh`): FSDP2-shard the backbone and its EMA."""
+        if self.device_mesh is None or is_sharded(self.transformer):
+            return
+        if self.device_mesh["tensor_parallel"].size() > 1:
+            raise ValueError("Sana is sharded with FSDP only: use sana_lightning.sharding.FSDP2Strategy as the strategy")
+        mesh = self.device_mesh["data_parallel"]
+        shard_transformer(self.transformer, mesh, self.sharding)
+        if self.ema is not None:
+            shard_transformer(self.ema.module, mesh, replace(self.sharding, activation_checkpointing=False))
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Norm clipping over the (possibly sharded) backbone: the norm is that of the full gradient."""
+        if not gradient_clip_val:
+            return
+        if gradient_clip_algorithm not in (None, "norm"):
+            raise ValueError(f"gradient_clip_algorithm={gradient_clip_algorithm!r} is not supported: use 'norm'")
+        model = self.trainer.model
+        if hasattr(model, "clip_grad_norm_"):  # FSDPStrategy wraps the module in FullyShardedDataParallel
+            model.clip_grad_norm_(gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.transformer.parameters(), gradient_clip_val)
+
     def parameter_groups(self) -> list[dict]:
         """Optimizer parameter groups; a group's `lr_scale` multiplies the configured learning rate."""
         return [{"params": list(self.transformer.parameters())}]
@@ -237,17 +279,10 @@ class SanaFlowModule(L.LightningModule):
         scheduler = self.lr_scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # ------------------------------------------------------------------------------------ checkpoints (frozen parts)
+    # ------------------------------------------------------------------------------------------------ checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["state_dict"] = {
-            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(self.frozen_prefixes)
-        }
         checkpoint["transformer_config"] = dict(self.transformer.config)  # rebuilds it without this code's presets
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        frozen = {k: v for k, v in self.state_dict().items() if k.startswith(self.frozen_prefixes)}
-        checkpoint["state_dict"] = {**checkpoint["state_dict"], **frozen}
 
     # ------------------------------------------------------------------------------------------------- sampling
 

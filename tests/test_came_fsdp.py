@@ -1,14 +1,15 @@
 """CAME / CAME-8bit on FSDP2 (`fully_shard`) DTensor parameters, on 2 CPU ranks with gloo."""
 
-import copy
 import os
 import socket
 
 import pytest
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import torch.multiprocessing as mp
 from torch import nn
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 from torch.distributed.fsdp import fully_shard
 
 from sana_lightning.optim import CAME, CAME8bit
@@ -37,7 +38,7 @@ def full_params(net) -> list[torch.Tensor]:
     return [(p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for p in net.parameters()]
 
 
-def worker(rank: int, port: int, results: dict) -> None:
+def worker(rank: int, port: int, directory: str, results: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
@@ -50,10 +51,14 @@ def worker(rank: int, port: int, results: dict) -> None:
             kwargs = {"min_8bit_size": 4096} if cls is CAME8bit else {}
             optimizer = cls(net.parameters(), lr=1e-3, **kwargs)
             train(net, optimizer, 5)
-            # Round trip of the (shard-local) state into a fresh optimizer gives the same next steps.
-            state = copy.deepcopy(optimizer.state_dict())  # state_dict() shares the live tensors
+            # Round trip of the sharded state through torch.distributed.checkpoint (as Lightning's FSDP strategies
+            # save it) into a fresh optimizer gives the same next steps.
+            dcp.save({"optimizer": get_optimizer_state_dict(net, optimizer)}, checkpoint_id=f"{directory}/{name}")
+            net.zero_grad(set_to_none=True)
             fresh = cls(net.parameters(), lr=1e-3, **kwargs)
-            fresh.load_state_dict(state)
+            loaded = {"optimizer": get_optimizer_state_dict(net, fresh)}
+            dcp.load(loaded, checkpoint_id=f"{directory}/{name}")
+            set_optimizer_state_dict(net, fresh, loaded["optimizer"])
             snapshot = [p.detach().clone() for p in net.parameters()]
             train(net, optimizer, 2, start=5)
             continued = full_params(net)
@@ -73,10 +78,11 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def fsdp_results():
+def fsdp_results(tmp_path_factory):
     manager = mp.Manager()
     results = manager.dict()
-    mp.spawn(worker, args=(free_port(), results), nprocs=2, join=True)
+    directory = str(tmp_path_factory.mktemp("dcp"))
+    mp.spawn(worker, args=(free_port(), directory, results), nprocs=2, join=True)
     return dict(results)
 
 

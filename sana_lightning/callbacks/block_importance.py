@@ -2,7 +2,6 @@
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
 
 from sana_lightning.plots import figure_to_tensor, importance_figure
 from sana_lightning.pruning import block_importance
@@ -25,7 +24,6 @@ class BlockImportanceCallback(L.Callback):
         if self._batch is None:
             self._batch = batch  # the validation stream is fixed, so this is the same batch every time
 
-    @rank_zero_only
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or self._batch is None:
             return
@@ -33,9 +31,11 @@ class BlockImportanceCallback(L.Callback):
         if self._validations % self.every_n_validations:
             return
         calibration = pl_module.calibration_batch(self._batch, self.seed)
-        importance = block_importance(
+        importance = block_importance(  # on every rank (a sharded model needs them all); rank 0's batch is logged
             pl_module.transformer, calibration, pl_module.calibration_sigmas(self.num_sigmas), self.loss_delta
         )
+        if not trainer.is_global_zero:
+            return
         for metric, scores in importance.scores.items():
             for block, value in enumerate(scores.tolist()):
                 pl_module.log(f"importance/{metric}/{block:02d}", value, rank_zero_only=True)

@@ -50,7 +50,9 @@ class GenEvalCallback(L.Callback):
         if self._validations % self.every_n_validations:
             return
         mine = self.jobs[trainer.global_rank :: trainer.world_size]
-        images = pl_module.generate([r["prompt"] for r, _ in mine], [s for _, s in mine]) if mine else []
+        # Every rank samples equally many images (a sharded model needs all ranks in every forward); padding is dropped.
+        padded = mine + self.jobs[: -(-len(self.jobs) // trainer.world_size) - len(mine)]
+        images = pl_module.generate([r["prompt"] for r, _ in padded], [s for _, s in padded])[: len(mine)]
         correct = [score_image(to_pil(image), record, self.detector)[0] for image, (record, _) in zip(images, mine)]
         self.score.update([r["tag"] for r, _ in mine], correct)
         scores = self.score.compute()  # summed over ranks

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
 
 from sana_lightning.images import image_grid, save_png
 
@@ -33,22 +32,23 @@ class SampleGrid(L.Callback):
         self.columns = columns
         self._last_step = -1
 
-    @rank_zero_only
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_step == self._last_step:
             return
         self._last_step = trainer.global_step
         was_training = pl_module.training
         pl_module.eval()
-        images = pl_module.generate(self.prompts, seeds=self.seed)
+        images = pl_module.generate(self.prompts, seeds=self.seed)  # on every rank: a sharded model needs them all
         pl_module.train(was_training)
+        directory = Path(trainer.log_dir or trainer.default_root_dir) / "samples"  # log_dir is collective
+        if not trainer.is_global_zero:
+            return
         grid = image_grid(images, self.columns)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("samples", grid, trainer.global_step)
                 legend = "\n".join(f"{i}. {p}" for i, p in enumerate(self.prompts))
                 logger.experiment.add_text("samples/prompts", legend, trainer.global_step)
-        directory = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
         save_png(grid, directory / f"step_{trainer.global_step:07d}.png", scale=4)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

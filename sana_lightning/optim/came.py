@@ -7,18 +7,20 @@ dimensions are squeezed before factoring, so a 1x1 convolution [out, in, 1, 1] i
 (came-pytorch factors its two singleton dimensions and stores 4x the weight's size).
 
 `CAME8bit` stores the first moment (`exp_avg`) of large matrices in 8 bits with blockwise dynamic quantisation, as
-SANA 1.5 does: bitsandbytes' `quantize_blockwise` (signed dynamic map, one fp32 absmax per block of 2048 values).
-bitsandbytes is used rather than a torch re-implementation because it is the reference format of 8-bit optimizer
-states, runs on CPU and GPU, and a torch copy would only duplicate its map and kernels. The factored statistics
-are tiny and stay fp32, as do tensors that are 1-D or smaller than `min_8bit_size`.
+SANA 1.5 does: bitsandbytes' signed dynamic map with one fp32 absmax per block of 2048 values, the blocks laid along
+rows (`blockwise.py`) so that the 8-bit state shards like its parameter. The factored statistics are tiny and stay
+fp32, as do tensors that are 1-D or smaller than `min_8bit_size`.
 
 Under FSDP2 the parameters are DTensors: every elementwise step runs on the local shard, and the row/column means
 of the factored statistics are taken by DTensor reductions, so the factored moments are those of the full matrix.
-The 8-bit first moment is quantised shard-locally.
+The 8-bit codes and their absmax are DTensors sharded like the parameter, so torch.distributed.checkpoint saves,
+loads and reshards them.
 """
 
 import torch
 from torch.distributed.tensor import DTensor
+
+from sana_lightning.optim.blockwise import dequantize, dynamic_map, quantize
 
 QUANT_BLOCKSIZE = 2048
 
@@ -154,24 +156,15 @@ class CAME8bit(CAME):
     def _read_exp_avg(self, state: dict, grad: torch.Tensor) -> torch.Tensor:
         if "exp_avg" in state:
             return state["exp_avg"]
-        import bitsandbytes.functional as bnb
-
-        local = bnb.dequantize_blockwise(
-            state["exp_avg_q"], absmax=state["exp_avg_absmax"], code=self._code(grad.device), blocksize=QUANT_BLOCKSIZE
-        )
-        if isinstance(grad, DTensor):
-            return DTensor.from_local(local, grad.device_mesh, grad.placements, shape=grad.shape, stride=grad.stride())
-        return local
+        codes, absmax = _local(state["exp_avg_q"]), _local(state["exp_avg_absmax"])
+        return _like(dequantize(codes, absmax, self._code(codes.device), QUANT_BLOCKSIZE), grad)
 
     def _write_exp_avg(self, state: dict, exp_avg: torch.Tensor) -> None:
         if "exp_avg" in state:
             return
-        import bitsandbytes.functional as bnb
-
-        quantized, quant_state = bnb.quantize_blockwise(
-            _local(exp_avg).contiguous(), code=self._code(exp_avg.device), blocksize=QUANT_BLOCKSIZE
-        )
-        state["exp_avg_q"], state["exp_avg_absmax"] = quantized, quant_state.absmax
+        local = _local(exp_avg)
+        codes, absmax = quantize(local, self._code(local.device), QUANT_BLOCKSIZE)
+        state["exp_avg_q"], state["exp_avg_absmax"] = _like(codes, exp_avg), _like(absmax, exp_avg)
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
@@ -181,7 +174,14 @@ class CAME8bit(CAME):
 
     def _code(self, device: torch.device) -> torch.Tensor:
         if getattr(self, "_dynamic_map", None) is None or self._dynamic_map.device != device:
-            import bitsandbytes.functional as bnb
-
-            self._dynamic_map = bnb.create_dynamic_map(signed=True).to(device)
+            self._dynamic_map = dynamic_map(device)
         return self._dynamic_map
+
+
+def _like(local: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """`local` as a DTensor sharded like `reference` (same mesh and placements, rows = its dim 0) when that is one."""
+    if not isinstance(reference, DTensor):
+        return local
+    shape = torch.Size((*reference.shape[:-1], local.shape[-1]))  # codes: the matrix; absmax: blocks per row
+    stride = torch.empty(shape, device="meta").stride()
+    return DTensor.from_local(local, reference.device_mesh, reference.placements, shape=shape, stride=stride)
