@@ -20,8 +20,7 @@ import time
 import torch
 
 from benchmarks.common import report
-
-OPTIMIZERS = ("AdamW-32bit", "AdamW-8bit (bnb)", "CAME-32bit", "CAME-8bit")
+from sana_lightning.memory import OPTIMIZERS, optimizer_state_bytes
 
 
 def make_optimizer(name: str, params, lr: float = 1e-4) -> torch.optim.Optimizer:
@@ -40,25 +39,6 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return sum(
         v.numel() * v.element_size() for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)
     )
-
-
-def predicted_state_bytes(name: str, shape: tuple[int, ...]) -> float:
-    """Bytes of optimizer state each optimizer keeps for one tensor of `shape` (mirrors their storage rules)."""
-    n = 1
-    for d in shape:
-        n *= d
-    dims = list(shape)
-    while len(dims) > 2 and dims[-1] == 1:
-        dims.pop()
-    if name == "AdamW-32bit":
-        return 8 * n
-    if name == "AdamW-8bit (bnb)":  # fp32 under 4096 elements; else 2 uint8 states, fp32 absmax per 256, 2 maps
-        return 8 * n if n < 4096 else 2 * n + 8 * -(-n // 256) + 2 * 256 * 4
-    factored = len(dims) >= 2
-    second = 8 * (n // dims[-1] + n // dims[-2]) if factored else 4 * n  # fp32 row + col, of g^2 and residual
-    if name == "CAME-8bit" and factored and n >= 16384:
-        return n + 4 * -(-n // 2048) + second
-    return 4 * n + second
 
 
 def measure_big(name: str, preset: str) -> dict:
@@ -80,7 +60,7 @@ def measure_big(name: str, preset: str) -> dict:
     params = list(model.parameters())
     return {
         "state_bytes": state_bytes(optimizer),
-        "predicted_state_bytes": sum(predicted_state_bytes(name, tuple(p.shape)) for p in params),
+        "predicted_state_bytes": sum(optimizer_state_bytes(name, tuple(p.shape)) for p in params),
         "params": sum(p.numel() for p in params),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "step_seconds": min(times[1:]),
@@ -166,7 +146,7 @@ def main() -> None:
     n = sum(torch.Size(s).numel() for s in shapes)
     paper = []
     for name in OPTIMIZERS:
-        optimizer_bytes = sum(predicted_state_bytes(name, s) for s in shapes)
+        optimizer_bytes = sum(optimizer_state_bytes(name, s) for s in shapes)
         total = 4 * n + 4 * n + optimizer_bytes
         paper.append(
             {

@@ -1,8 +1,8 @@
 """Command line: `python -m sana_lightning.cli fit|validate|test|predict --config ...` plus model/data commands.
 
 Lightning subcommands come from `LightningCLI` (sweeps: stack `--config` files and `--x.y=value` overrides); the
-others (`shapes`, `shards`, `grow`, `importance`, `prune`, `generate`, `geneval`, `scale`, `prompts`, `consolidate`, `memory`) are plain
-functions whose typed signatures make their options.
+others (`shapes`, `shards`, `grow`, `importance`, `prune`, `generate`, `geneval`, `scale`, `prompts`, `consolidate`,
+`memory`) are plain functions whose typed signatures make their options.
 """
 
 import json
@@ -32,6 +32,7 @@ from sana_lightning.growth import GrowthConfig, Strategy, grow
 from sana_lightning.images import frame, image_grid, pil_to_tensor, to_pil
 from sana_lightning.inference_scaling import CLIPJudge, GenEvalOracleJudge, VLMJudge, scale
 from sana_lightning.inference_scaling.search import Selection
+from sana_lightning.memory import OPTIMIZERS, MemoryPlan, memory_plan
 from sana_lightning.module import SanaFlowModule
 from sana_lightning.plots import importance_figure
 from sana_lightning.pruning import METRICS, Importance, block_importance, prune, select_blocks
@@ -231,6 +232,40 @@ def consolidate(checkpoint: str, output: str | None = None) -> Path:
     return out
 
 
+def memory_report(
+    preset: str = "sana-4.8b",
+    gpus: list[int] = [8, 16, 32],
+    gpu_memory_gb: float = 80.0,
+    batch_per_gpu: int = 4,
+    image_size: int = 1024,
+    downsample: int = 32,
+    caption_tokens: int = 300,
+    optimizer: Literal[OPTIMIZERS] = "CAME-8bit",
+    param_dtype: str = "bfloat16",
+    frozen_params: float = 2.6e9,
+) -> list[MemoryPlan]:
+    """Print GB per GPU of FSDP training `preset` on each of `gpus` GPUs: weights, grads, optimizer state, gathered
+    blocks, frozen encoders (`frozen_params` in bf16: Gemma-2-2B-IT ~2.6e9; 0 with precomputed features) and block
+    activations without / with activation checkpointing; and whether it fits `gpu_memory_gb`."""
+    plans = [
+        memory_plan(
+            preset, g, batch_per_gpu, image_size, downsample, caption_tokens, optimizer, param_dtype, frozen_params
+        )
+        for g in gpus
+    ]
+    fields = ("weights", "grads", "optimizer", "gathered_blocks", "frozen", "activations", "activations_checkpointed")
+    print(f"{preset}, {optimizer}, {param_dtype} compute, {batch_per_gpu} x {image_size}px per GPU (GB per GPU)")
+    print(f"{'':>26}" + "".join(f"{g:>10} GPUs" for g in gpus))
+    for field in fields:
+        print(f"{field:>26}" + "".join(f"{getattr(p, field) / 1e9:>15.2f}" for p in plans))
+    for checkpointed in (False, True):
+        name = "total, checkpointed" if checkpointed else "total, no checkpointing"
+        totals = [p.total(checkpointed) for p in plans]
+        cells = "".join(f"{t / 1e9:>10.2f} {'fits' if t <= gpu_memory_gb * 1e9 else 'OOM':>4}" for t in totals)
+        print(f"{name:>26}{cells}")
+    return plans
+
+
 def write_prompts(
     out_file: str, vocabulary: Literal["coco", "shapes"] = "coco", prompts_per_task: int = 100, seed: int = 0
 ) -> Path:
@@ -253,6 +288,7 @@ COMMANDS = {
     "scale": scale_command,
     "prompts": write_prompts,
     "consolidate": consolidate,
+    "memory": memory_report,
 }
 
 

@@ -34,6 +34,10 @@ class TextEncoderConfig:
     """Local transformers model directory (Gemma-2-2B-IT for real Sana); empty: the embedded MiniLM."""
     max_length: int = 300
     complex_human_instruction: str | None = None
+    cache_size: int = 65536
+    """Captions whose embeddings are kept (LRU); 0 for large encoders and captions that rarely repeat."""
+    dtype: str = "float32"
+    """Weights dtype of the frozen encoder (`bfloat16` halves Gemma's memory); embeddings are returned in float32."""
 
 
 @dataclass
@@ -99,9 +103,7 @@ class SanaFlowModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         # Plain dicts in the hyper-parameters (also those of subclasses) keep checkpoints `weights_only` loadable.
         self.hparams.update({k: asdict(v) for k, v in self.hparams.items() if is_dataclass(v)})
-        self.text_encoder = TextEncoder(
-            text_encoder.path, text_encoder.max_length, text_encoder.complex_human_instruction
-        )
+        self.text_encoder = TextEncoder(**asdict(text_encoder))
         self.autoencoder = load_autoencoder(autoencoder.path, autoencoder.subfolder)
         latent_default = {"sample_size": image_size // self.autoencoder.downsample_factor}
         self.transformer = self._build_transformer(preset, {**latent_default, **(transformer or {})}, pretrained)
@@ -248,7 +250,7 @@ class SanaFlowModule(L.LightningModule):
         if self.device_mesh is None or is_sharded(self.transformer):
             return
         if self.device_mesh["tensor_parallel"].size() > 1:
-            raise ValueError("Sana is sharded with FSDP only: use sana_lightning.sharding.FSDP2Strategy as the strategy")
+            raise ValueError("Sana is sharded with FSDP only: use sana_lightning.sharding.FSDP2Strategy as strategy")
         mesh = self.device_mesh["data_parallel"]
         shard_transformer(self.transformer, mesh, self.sharding)
         if self.ema is not None:

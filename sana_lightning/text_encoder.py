@@ -29,6 +29,7 @@ class TextEncoder(nn.Module):
         max_length: int = 300,
         complex_human_instruction: str | None = None,
         cache_size: int = 65536,
+        dtype: str = "float32",
     ) -> None:
         super().__init__()
         path = path or embedded_text_encoder_path()
@@ -42,7 +43,7 @@ class TextEncoder(nn.Module):
         self.complex_human_instruction = complex_human_instruction
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.tokenizer.padding_side = "right"
-        model = AutoModel.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype))
         # Decoder-only LMs (Gemma) come with a base model; Sana conditions on its last hidden state.
         self.model = model.eval().requires_grad_(False)
         self.hidden_size = model.config.hidden_size
@@ -71,19 +72,19 @@ class TextEncoder(nn.Module):
         return hidden, mask
 
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings `[B, max_length, hidden_size]` and mask `[B, max_length]` on the encoder's device."""
+        """Embeddings `[B, max_length, hidden_size]` (float32) and mask `[B, max_length]` on the encoder's device."""
         missing = list(dict.fromkeys(c for c in captions if c not in self._cache))
-        if missing:
-            hidden, mask = self._encode(missing)
-            for caption, h, m in zip(missing, hidden, mask):
-                self._cache[caption] = (h, m)
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+        fresh = dict(zip(missing, zip(*self._encode(missing)))) if missing else {}
+        rows = [fresh[c] if c in fresh else self._cache[c] for c in captions]
         for caption in captions:
-            self._cache.move_to_end(caption)
+            if caption in self._cache:
+                self._cache.move_to_end(caption)
+        self._cache.update(fresh)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
         device = next(self.model.parameters()).device
-        hidden = torch.stack([self._cache[c][0] for c in captions]).to(device)
-        mask = torch.stack([self._cache[c][1] for c in captions]).to(device)
+        hidden = torch.stack([h for h, _ in rows]).to(device, torch.float32)
+        mask = torch.stack([m for _, m in rows]).to(device)
         return hidden, mask
 
     def _apply(self, fn, recurse=True):

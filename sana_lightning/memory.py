@@ -1,0 +1,104 @@
+"""Training memory on paper: bytes per GPU of a sharded (FSDP) Sana, with activations measured on the meta device."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.autograd.graph import saved_tensors_hooks
+
+from sana_lightning.optim.came import QUANT_BLOCKSIZE, _matrix_shape
+from sana_lightning.presets import build_transformer
+from sana_lightning.sharding import DTYPES
+
+OPTIMIZERS = ("AdamW-32bit", "AdamW-8bit (bnb)", "CAME-32bit", "CAME-8bit")
+
+
+def optimizer_state_bytes(name: str, shape: tuple[int, ...], min_8bit_size: int = 16384) -> int:
+    """Bytes of optimizer state each optimizer keeps for one tensor of `shape` (mirrors their storage rules)."""
+    n = math.prod(shape)
+    if name == "AdamW-32bit":
+        return 8 * n
+    if name == "AdamW-8bit (bnb)":  # fp32 under 4096 elements; else 2 uint8 states, fp32 absmax per 256, 2 maps
+        return 8 * n if n < 4096 else 2 * n + 8 * -(-n // 256) + 2 * 256 * 4
+    dims = _matrix_shape(torch.Size(shape))
+    factored = len(dims) >= 2
+    second = 8 * (n // dims[-1] + n // dims[-2]) if factored else 4 * n  # fp32 row + col, of g^2 and residual
+    if name == "CAME-8bit" and factored and n >= min_8bit_size:  # uint8 codes, fp32 absmax per row block
+        return n + 4 * (n // dims[-1]) * -(-dims[-1] // QUANT_BLOCKSIZE) + second
+    return 4 * n + second
+
+
+def block_activation_bytes(preset: str, batch: int, tokens: int, caption_tokens: int, dtype: str) -> int:
+    """Bytes autograd saves for the backward pass of one transformer block (measured on the meta device)."""
+    model = build_transformer(preset, device="meta")
+    block = model.transformer_blocks[0].to(DTYPES[dtype])
+    width = model.config.num_attention_heads * model.config.attention_head_dim
+    params = {id(p) for p in block.parameters()}
+    saved = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if id(tensor) not in params and id(tensor._base) not in params:
+            saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    side = int(math.isqrt(tokens))
+    x = torch.empty(batch, tokens, width, device="meta", dtype=DTYPES[dtype], requires_grad=True)
+    caption = torch.empty(batch, caption_tokens, width, device="meta", dtype=DTYPES[dtype])
+    timestep = torch.empty(batch, 6 * width, device="meta", dtype=DTYPES[dtype])
+    with saved_tensors_hooks(pack, lambda tensor: tensor):
+        block(x, None, caption, None, timestep, side, side)
+    return sum(saved)
+
+
+@dataclass
+class MemoryPlan:
+    """Bytes per GPU of fully sharded training (weights, grads and optimizer state split over `gpus`)."""
+
+    gpus: int
+    weights: float
+    grads: float
+    optimizer: float
+    gathered_blocks: float
+    activations: float
+    activations_checkpointed: float
+    frozen: float
+
+    def total(self, checkpointed: bool) -> float:
+        activations = self.activations_checkpointed if checkpointed else self.activations
+        return self.weights + self.grads + self.optimizer + self.gathered_blocks + activations + self.frozen
+
+
+def memory_plan(
+    preset: str,
+    gpus: int,
+    batch_per_gpu: int = 4,
+    image_size: int = 1024,
+    downsample: int = 32,
+    caption_tokens: int = 300,
+    optimizer: str = "CAME-8bit",
+    param_dtype: str = "bfloat16",
+    frozen_params: float = 0.0,
+) -> MemoryPlan:
+    """Per-GPU memory of FSDP2 training: fp32 master weights and grads sharded, optimizer state sharded, two blocks
+    gathered in `param_dtype` at a time (the one computing and the one prefetched), block activations without and
+    with activation checkpointing (then: every block's input plus one block's activations during recompute), and
+    frozen encoders replicated in bf16."""
+    model = build_transformer(preset, device="meta")
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    n = sum(math.prod(s) for s in shapes)
+    block_params = sum(p.numel() for p in model.transformer_blocks[0].parameters())
+    tokens = (image_size // downsample // model.config.patch_size) ** 2
+    width = model.config.num_attention_heads * model.config.attention_head_dim
+    element = torch.empty(0, dtype=DTYPES[param_dtype]).element_size()
+    per_block = block_activation_bytes(preset, batch_per_gpu, tokens, caption_tokens, param_dtype)
+    layers = model.config.num_layers
+    return MemoryPlan(
+        gpus=gpus,
+        weights=4 * n / gpus,
+        grads=4 * n / gpus,
+        optimizer=sum(optimizer_state_bytes(optimizer, s) for s in shapes) / gpus,
+        gathered_blocks=2.0 * block_params * element,
+        activations=float(layers * per_block),
+        activations_checkpointed=float(layers * batch_per_gpu * tokens * width * element + per_block),
+        frozen=2 * frozen_params,
+    )
