@@ -10,7 +10,15 @@ from PIL import Image
 
 from sana_lightning.data.datamodule import ShardDataModule, ShardStream, decode_sample, expand_shards
 from sana_lightning.data.folder_shards import write_folder_shards
-from sana_lightning.data.shapes import COLORS, TASKS, SceneSampler, dominant_color, encode_png, render
+from sana_lightning.data.shapes import (
+    COLORS,
+    TASKS,
+    SceneSampler,
+    dominant_color,
+    encode_png,
+    render,
+    write_shapes_dataset,
+)
 from sana_lightning.eval.geneval import relative_position
 
 
@@ -66,6 +74,18 @@ def test_stream_gives_exactly_batches_per_epoch_and_is_seeded_by_epoch(shapes_di
     later = stream(urls)
     later.set_epoch(1)
     assert not torch.equal(next(iter(later))["image"], first[0]["image"])
+
+
+def test_every_rank_gets_the_same_number_of_full_batches_from_uneven_shards(tmp_path, monkeypatch):
+    write_shapes_dataset(str(tmp_path), num_train=45, num_val=1, samples_per_shard=40)  # shards of 40 and 5
+    urls = sorted(str(p) for p in tmp_path.glob("train-*.tar"))
+    counts = []
+    for rank in (0, 1, 2):  # 3 ranks, 2 shards: every rank still reads (all shards) and stops at the same count
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "3")
+        batches = list(ShardStream(urls, 8, 32, 7, shuffle_buffer=8))
+        counts.append([len(b["caption"]) for b in batches])
+    assert counts == [[8] * 7] * 3  # 7 batches of 8 each (56 > 45 samples: resampled), so no rank waits on another
 
 
 def test_datamodule_loader_reseeds_with_the_trainer_epoch_across_workers(shapes_dir):
