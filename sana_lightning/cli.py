@@ -1,7 +1,7 @@
 """Command line: `python -m sana_lightning.cli fit|validate|test|predict --config ...` plus model/data commands.
 
 Lightning subcommands come from `LightningCLI` (sweeps: stack `--config` files and `--x.y=value` overrides); the
-others (`shapes`, `shards`, `grow`, `importance`, `prune`, `generate`, `geneval`, `scale`, `prompts`, `consolidate`,
+others (`shapes`, `shards`, `precompute`, `grow`, `importance`, `prune`, `generate`, `geneval`, `scale`, `prompts`, `consolidate`,
 `memory`) are plain functions whose typed signatures make their options.
 """
 
@@ -22,6 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 from sana_lightning.checkpoints import consolidate_checkpoint, load_checkpoint_transformer
 from sana_lightning.data.datamodule import ShardStream, expand_shards
 from sana_lightning.data.folder_shards import write_folder_shards
+from sana_lightning.data.precompute import precompute
 from sana_lightning.data.shapes import write_shapes_dataset
 from sana_lightning.eval.folder import score_folder, write_folder
 from sana_lightning.eval.geneval import format_summary, read_metadata, summarize
@@ -280,6 +281,7 @@ def write_prompts(
 COMMANDS = {
     "shapes": write_shapes_dataset,
     "shards": write_folder_shards,
+    "precompute": precompute,
     "grow": grow_checkpoint,
     "importance": importance_report,
     "prune": prune_checkpoint,

@@ -169,12 +169,40 @@ class SanaFlowModule(L.LightningModule):
         return transformer(latents, encoder_hidden_states=embeds, encoder_attention_mask=mask, timestep=timestep).sample
 
     def encode_batch(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        """Clean latents and caption embeddings of a batch, with captions dropped for classifier-free guidance."""
+        """Clean latents and caption embeddings of a batch, with captions dropped for classifier-free guidance.
+
+        Precomputed `latent` / `text_embeds` + `text_mask` (from the `precompute` command) are used as they are:
+        the autoencoder and text encoder then only embed the empty caption of dropped samples."""
         captions = batch["caption"]
         drop = caption_drop_mask(len(captions), self.hparams.caption_dropout, generator)
-        captions = ["" if dropped else caption for caption, dropped in zip(captions, drop.tolist())]
-        embeds, mask = self.text_encoder(captions)
-        return self.autoencoder.encode(batch["image"]), embeds, mask
+        if "text_embeds" in batch:
+            embeds, mask = self._check_features(batch["text_embeds"], batch["text_mask"])
+            null_embeds, null_mask = self.text_encoder([""])
+            keep = ~drop.to(embeds.device)
+            embeds = torch.where(keep[:, None, None], embeds, null_embeds)
+            mask = torch.where(keep[:, None], mask, null_mask)
+        else:
+            embeds, mask = self.text_encoder(["" if d else c for c, d in zip(captions, drop.tolist())])
+        latents = self._check_latents(batch["latent"]) if "latent" in batch else self.autoencoder.encode(batch["image"])
+        return latents, embeds, mask
+
+    def _check_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        channels = self.transformer.config.in_channels
+        if latents.shape[1] != channels:
+            raise ValueError(
+                f"precomputed latents have {latents.shape[1]} channels but the transformer takes {channels}: "
+                "precompute the shards with this model's autoencoder (or configure the autoencoder they came from)"
+            )
+        return latents
+
+    def _check_features(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        expected = (self.text_encoder.max_length, self.text_encoder.hidden_size)
+        if tuple(embeds.shape[1:]) != expected:
+            raise ValueError(
+                f"precomputed caption features are {tuple(embeds.shape[1:])} (tokens, width) but the text encoder "
+                f"gives {expected}: precompute them with this model's text_encoder settings"
+            )
+        return embeds, mask.to(torch.long)
 
     def flow_inputs(
         self, batch: dict, generator: torch.Generator, sigmas: torch.Tensor | None = None

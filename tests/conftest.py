@@ -33,6 +33,29 @@ def tiny_checkpoint(tmp_path_factory, shapes_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_dc_ae(tmp_path_factory):
+    """A randomly initialised 2x-downsampling DC-AE with 4 latent channels, saved as a diffusers directory."""
+    from diffusers import AutoencoderDC
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("dc-ae") / "dc-ae"
+    AutoencoderDC(
+        latent_channels=4,
+        attention_head_dim=8,
+        encoder_block_types="ResBlock",
+        decoder_block_types="ResBlock",
+        encoder_block_out_channels=(8, 16),
+        decoder_block_out_channels=(8, 16),
+        encoder_layers_per_block=(1, 1),
+        decoder_layers_per_block=(1, 1),
+        encoder_qkv_multiscales=((), ()),
+        decoder_qkv_multiscales=((), ()),
+        scaling_factor=0.41407,
+    ).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_detector_and_clip(tmp_path_factory):
     """A randomly initialised DETR (Shapes labels) and CLIP, with processors and tokenizer, saved to disk."""
     from transformers import (

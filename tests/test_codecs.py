@@ -86,23 +86,9 @@ def test_pixel_autoencoder_is_the_identity_in_pixel_space():
     assert isinstance(ae, PixelAutoencoder) and torch.equal(ae.decode(ae.encode(images)), images)
 
 
-def test_dc_autoencoder_from_a_local_path_scales_latents(tmp_path):
-    torch.manual_seed(0)
-    vae = AutoencoderDC(
-        latent_channels=4,
-        attention_head_dim=8,
-        encoder_block_types="ResBlock",
-        decoder_block_types="ResBlock",
-        encoder_block_out_channels=(8, 16),
-        decoder_block_out_channels=(8, 16),
-        encoder_layers_per_block=(1, 1),
-        decoder_layers_per_block=(1, 1),
-        encoder_qkv_multiscales=((), ()),
-        decoder_qkv_multiscales=((), ()),
-        scaling_factor=0.41407,
-    )
-    vae.save_pretrained(tmp_path / "dc-ae")
-    ae = load_autoencoder(str(tmp_path / "dc-ae"))
+def test_dc_autoencoder_from_a_local_path_scales_latents(tiny_dc_ae):
+    vae = AutoencoderDC.from_pretrained(tiny_dc_ae)
+    ae = load_autoencoder(str(tiny_dc_ae))
     assert isinstance(ae, DCAutoencoder)
     assert (ae.latent_channels, ae.downsample_factor, ae.scaling_factor) == (4, 2, 0.41407)
     images = torch.rand(2, 3, 16, 16) * 2 - 1

@@ -150,8 +150,9 @@ def test_brace_patterns_expand(shapes_dir):
 def test_decode_resizes_and_centre_crops_to_the_training_size():
     image = Image.new("RGB", (64, 32), (0, 0, 0))
     image.paste((255, 255, 255), (0, 0, 8, 32))  # white left eighth is cropped away
-    pixels, captions = decode_sample({"__key__": "k", "png": encode_png(image), "txt": b"one\ntwo"}, 16)
-    assert pixels.shape == (3, 16, 16) and captions == ["one", "two"]
+    decoded = decode_sample({"__key__": "k", "png": encode_png(image), "txt": b"one\ntwo"}, 16)
+    pixels, captions = decoded["image"], decoded["captions"]
+    assert pixels.shape == (3, 16, 16) and captions == ["one", "two"] and decoded["scores"] is None
     assert pixels.max() < -0.9  # all black after the centre crop
 
 

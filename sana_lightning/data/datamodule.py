@@ -2,20 +2,23 @@
 
 import glob
 import io
-import itertools
 import json
 import logging
 import random
 import tarfile
+from collections import defaultdict
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 import webdataset as wds
 from braceexpand import braceexpand
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
+from sana_lightning.data.buckets import nearest_bucket, resize_crop, sana_buckets
+from sana_lightning.data.captions import CaptionRule, choose_caption
 from sana_lightning.data.shapes import write_shapes_dataset
 
 log = logging.getLogger(__name__)
@@ -52,34 +55,68 @@ def _check_not_empty(path: str) -> None:
         raise ValueError(f"shard '{path}' is not a readable tar file ({error}): rewrite it or drop it") from error
 
 
-def decode_sample(sample: dict, image_size: int) -> tuple[torch.Tensor, list[str]]:
-    """A WebDataset sample -> (image `[3, S, S]` in [-1, 1], its captions).
-
-    Captions come from `.json` (`captions` list, or `caption` / `prompt`) or `.txt` (one caption per line).
-    Images are resized (shorter side) and centre-cropped to `image_size`.
-    """
-    key = next((k for k in IMAGE_KEYS if k in sample), None)
-    if key is None:
-        raise ValueError(f"sample {sample.get('__key__')} has no image ({'/'.join(IMAGE_KEYS)})")
+def _captions(sample: dict) -> tuple[list[str], list[float] | None]:
     if "json" in sample:
         meta = json.loads(sample["json"])
         captions = meta.get("captions") or [meta.get("caption") or meta.get("prompt")]
+        scores = meta.get("caption_scores")
     elif "txt" in sample:
-        captions = sample["txt"].decode().splitlines()
+        captions, scores = sample["txt"].decode().splitlines(), None
     else:
         raise ValueError(f"sample {sample.get('__key__')} has no caption (.json or .txt)")
-    captions = [c for c in captions if c]
-    if not captions:
+    if scores is not None and len(scores) != len(captions):
+        raise ValueError(f"sample {sample.get('__key__')} has {len(captions)} captions but {len(scores)} scores")
+    kept = [i for i, c in enumerate(captions) if c]
+    if not kept:
         raise ValueError(f"sample {sample.get('__key__')} has an empty caption")
+    return [captions[i] for i in kept], None if scores is None else [float(scores[i]) for i in kept]
+
+
+def _array(data: bytes) -> torch.Tensor:
+    return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False))
+
+
+def decode_sample(sample: dict, image_size: int, buckets: list[tuple[int, int]] | None = None) -> dict:
+    """A WebDataset sample -> `captions`, `scores` (or None) and either `image` `[3, H, W]` in [-1, 1] or a
+    precomputed `latent` `[C, h, w]` (with `text_embeds` `[K, L, D]` and `text_mask` `[K, L]` when present).
+
+    Captions come from `.json` (`captions` list, or `caption` / `prompt`; optional `caption_scores`) or `.txt` (one
+    caption per line). Images go to the nearest of `buckets` ((height, width) pairs; default: the square
+    `image_size`), resized to cover it and centre-cropped.
+    """
+    captions, scores = _captions(sample)
+    decoded = {"captions": captions, "scores": scores}
+    if "latent.npy" in sample:
+        decoded["latent"] = _array(sample["latent.npy"]).float()
+        if "text.npy" in sample:
+            decoded["text_embeds"], decoded["text_mask"] = _array(sample["text.npy"]), _array(sample["mask.npy"])
+        return decoded
+    key = next((k for k in IMAGE_KEYS if k in sample), None)
+    if key is None:
+        raise ValueError(f"sample {sample.get('__key__')} has neither an image ({'/'.join(IMAGE_KEYS)}) nor latent.npy")
     image = Image.open(io.BytesIO(sample[key])).convert("RGB")
-    if image.size != (image_size, image_size):
-        scale = image_size / min(image.size)
-        w, h = max(image_size, round(image.width * scale)), max(image_size, round(image.height * scale))
-        image = image.resize((w, h), Image.Resampling.BICUBIC)
-        left, top = (w - image_size) // 2, (h - image_size) // 2
-        image = image.crop((left, top, left + image_size, top + image_size))
-    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(image_size, image_size, 3)
-    return pixels.permute(2, 0, 1).float().div(127.5).sub(1), captions
+    height, width = nearest_bucket(image.height, image.width, buckets) if buckets else (image_size, image_size)
+    image = resize_crop(image, height, width)
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(height, width, 3)
+    decoded["image"] = pixels.permute(2, 0, 1).float().div(127.5).sub(1)
+    return decoded
+
+
+def collate(items: list[dict], chosen: list[int]) -> dict:
+    """One batch from decoded samples of one shape and their chosen caption indices."""
+    batch = {"caption": [item["captions"][k] for item, k in zip(items, chosen)]}
+    for name in ("image", "latent"):
+        if name in items[0]:
+            batch[name] = torch.stack([item[name] for item in items])
+    if "text_embeds" in items[0]:
+        batch["text_embeds"] = torch.stack([item["text_embeds"][k] for item, k in zip(items, chosen)]).float()
+        batch["text_mask"] = torch.stack([item["text_mask"][k] for item, k in zip(items, chosen)])
+    return batch
+
+
+def _shape_key(item: dict) -> tuple:
+    """Samples batch together only with samples of the same kind and shape (one aspect-ratio bucket)."""
+    return ("latent", *item["latent"].shape) if "latent" in item else ("image", *item["image"].shape)
 
 
 class ShardStream(IterableDataset):
@@ -87,6 +124,8 @@ class ShardStream(IterableDataset):
 
     Randomness is seeded by (seed, epoch, rank, worker), so a run resumed at an epoch boundary replays the same
     batches. Unreadable shards and samples are skipped; each batch reports how many were skipped since the last.
+    A batch holds samples of one shape only (one aspect-ratio bucket); one caption per sample is chosen by
+    `caption_rule` (`uniform`, or `weighted` by `caption_scores`^(1/`caption_temperature`)).
     """
 
     def __init__(
@@ -97,8 +136,14 @@ class ShardStream(IterableDataset):
         batches_per_epoch: int,
         shuffle_buffer: int = 1000,
         seed: int = 0,
+        buckets: list[tuple[int, int]] | None = None,
+        caption_rule: CaptionRule = "uniform",
+        caption_temperature: float = 1.0,
     ) -> None:
         self.urls = urls
+        self.buckets = buckets
+        self.caption_rule = caption_rule
+        self.caption_temperature = caption_temperature
         self.batch_size = batch_size
         self.image_size = image_size
         self.batches_per_epoch = batches_per_epoch
@@ -128,22 +173,32 @@ class ShardStream(IterableDataset):
         raw = wds.tarfile_to_samples(handler=self._skip)(self._shards(urls, rng))
         for sample in wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng)(raw):
             try:
-                image, captions = decode_sample(sample, self.image_size)
+                item = decode_sample(sample, self.image_size, self.buckets)
             except Exception as error:  # a corrupt sample must not stop training
                 self._skip(error)
                 continue
             self._shards_without_sample = 0
-            yield image, rng.choice(captions)
+            yield (
+                item,
+                choose_caption(item["captions"], item["scores"], self.caption_rule, self.caption_temperature, rng),
+            )
 
     def __iter__(self):
         rank, world, worker, workers = wds.utils.pytorch_worker_info()
         urls = self.urls[rank::world] if len(self.urls) >= world else self.urls  # split_by_node when possible
         rng = random.Random(f"{self.seed}-{self.epoch}-{rank}-{worker}")
         count = self.batches_per_epoch // workers + (worker < self.batches_per_epoch % workers)
+        pending = defaultdict(list)
         samples = self._samples(urls, rng)
         for _ in range(count):
-            images, captions = zip(*itertools.islice(samples, self.batch_size))
-            yield {"image": torch.stack(images), "caption": list(captions), "skipped": self._skipped}
+            for item, chosen in samples:
+                group = pending[_shape_key(item)]
+                group.append((item, chosen))
+                if len(group) == self.batch_size:
+                    break
+            items, chosen = zip(*group)
+            group.clear()
+            yield collate(list(items), list(chosen)) | {"skipped": self._skipped}
             self._skipped = 0
 
 
@@ -160,7 +215,13 @@ class _EpochSeededLoader(DataLoader):
 
 
 class ShardDataModule(L.LightningDataModule):
-    """Image-caption WebDataset shards (`.png`/`.jpg` + `.json`/`.txt`) for flow-matching training."""
+    """WebDataset shards for flow-matching training: raw images (`.png`/`.jpg`) or latents precomputed by the
+    `precompute` command (`latent.npy`, optional `text.npy` / `mask.npy`), with captions in `.json` / `.txt`.
+
+    `buckets`: `sana` (SANA's 40 aspect ratios at about `image_size`^2 pixels, sides multiples of
+    `bucket_multiple`), a list of `[height, width]`, or None (square `image_size` crops). `caption_rule`: `uniform`,
+    or `weighted` by the samples' `caption_scores`^(1/`caption_temperature`).
+    """
 
     def __init__(
         self,
@@ -173,10 +234,16 @@ class ShardDataModule(L.LightningDataModule):
         shuffle_buffer: int = 1000,
         num_workers: int = 2,
         seed: int = 0,
+        buckets: str | list[tuple[int, int]] | None = None,
+        bucket_multiple: int = 32,
+        caption_rule: CaptionRule = "uniform",
+        caption_temperature: float = 1.0,
     ) -> None:
         super().__init__()
         if image_size <= 0 or batch_size <= 0 or batches_per_epoch <= 0:
             raise ValueError("data.image_size, data.batch_size and data.batches_per_epoch must be positive")
+        if isinstance(buckets, str) and buckets != "sana":
+            raise ValueError(f"data.buckets '{buckets}' is unknown: use 'sana', a list of [height, width], or null")
         self.train_shards = train_shards
         self.val_shards = val_shards
         self.image_size = image_size
@@ -186,9 +253,22 @@ class ShardDataModule(L.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.num_workers = num_workers
         self.seed = seed
+        self.buckets = sana_buckets(image_size, bucket_multiple) if buckets == "sana" else buckets
+        self.caption_rule = caption_rule
+        self.caption_temperature = caption_temperature
 
     def _stream(self, spec: str, batches: int, seed: int) -> ShardStream:
-        return ShardStream(expand_shards(spec), self.batch_size, self.image_size, batches, self.shuffle_buffer, seed)
+        return ShardStream(
+            expand_shards(spec),
+            self.batch_size,
+            self.image_size,
+            batches,
+            self.shuffle_buffer,
+            seed,
+            [tuple(b) for b in self.buckets] if self.buckets else None,
+            self.caption_rule,
+            self.caption_temperature,
+        )
 
     def _current_epoch(self) -> int:
         # The epoch Lightning hands samplers (`set_epoch`); unlike `current_epoch` it is already right when a

@@ -1,0 +1,137 @@
+"""Encode image shards offline: latents (and optionally caption features) as new WebDataset shards, resumable."""
+
+import hashlib
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import webdataset as wds
+from tqdm.auto import tqdm
+
+from sana_lightning.autoencoder import load_autoencoder
+from sana_lightning.data.buckets import sana_buckets
+from sana_lightning.data.datamodule import decode_sample, expand_shards
+from sana_lightning.text_encoder import TextEncoder
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+
+
+def _npy(array: torch.Tensor, dtype: str) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array.cpu().numpy().astype(dtype), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, record: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, path)
+
+
+def _read_shard(url: str, image_size: int, buckets) -> tuple[list[tuple[str, dict, dict]], int]:
+    """(key, decoded sample, its .json record) of every readable sample of one shard, and the skipped count."""
+    samples, skipped = [], 0
+    for sample in wds.tarfile_to_samples()([{"url": url}]):
+        try:
+            decoded = decode_sample(sample, image_size, buckets)
+            record = json.loads(sample["json"]) if "json" in sample else {}
+        except Exception as error:  # a corrupt sample is skipped (and counted), not fatal
+            log.warning("skipping %s in %s: %s", sample.get("__key__"), url, error)
+            skipped += 1
+            continue
+        samples.append((sample["__key__"], decoded, record))
+    return samples, skipped
+
+
+@torch.no_grad()
+def precompute(
+    shards: str,
+    out_dir: str,
+    autoencoder: str | None = None,
+    autoencoder_subfolder: str | None = None,
+    text_encoder: str | None = None,
+    encode_text: bool = False,
+    max_length: int = 300,
+    complex_human_instruction: str | None = None,
+    image_size: int = 32,
+    buckets: str | list[tuple[int, int]] | None = None,
+    bucket_multiple: int = 32,
+    batch_size: int = 32,
+    dtype: Literal["float32", "float16"] = "float32",
+    device: str = "cpu",
+) -> Path:
+    """Write `out_dir/<shard name>` for every input shard: `latent.npy` per sample (the autoencoder's scaled
+    latent of the image as training decodes it: same crop or aspect-ratio bucket), the captions (+ scores) in
+    `.json`, and with `encode_text` every caption's features `text.npy` `[K, max_length, width]` and `mask.npy`.
+
+    `autoencoder` / `text_encoder` are local paths (empty: pixel space / the embedded MiniLM) and must be those of
+    the model trained on the output. Finished shards are listed in `manifest.json` with their sample count and
+    sha256 and are not redone when the command is run again.
+    """
+    urls = expand_shards(shards)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    codec = load_autoencoder(autoencoder, autoencoder_subfolder).to(device)
+    texts = None
+    if encode_text:
+        texts = TextEncoder(text_encoder, max_length, complex_human_instruction, cache_size=0).to(device)
+    bucket_list = sana_buckets(image_size, bucket_multiple) if buckets == "sana" else buckets
+    settings = {
+        "autoencoder": autoencoder,
+        "scaling_factor": codec.scaling_factor,
+        "latent_channels": codec.latent_channels,
+        "dtype": dtype,
+        "text_encoder": (text_encoder or "embedded MiniLM") if encode_text else None,
+        "max_length": max_length if encode_text else None,
+        "image_size": image_size,
+        "buckets": [list(b) for b in bucket_list] if bucket_list else None,
+    }
+    manifest_path = out / MANIFEST
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {**settings, "shards": {}}
+    changed = {k: (manifest.get(k), v) for k, v in settings.items() if manifest.get(k) != v}
+    if changed:
+        raise ValueError(f"'{out_dir}' holds shards precomputed with other settings {changed}: use a new out_dir")
+    progress = tqdm(urls, desc="precompute", unit="shard")
+    for url in progress:
+        name = Path(url).name
+        target, entry = out / name, manifest["shards"].get(name)
+        if entry and target.exists() and _sha256(target) == entry["sha256"]:
+            continue  # finished in an earlier run
+        samples, skipped = _read_shard(url, image_size, bucket_list)
+        latents = {}
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start : start + batch_size]
+            for shape in {tuple(d["image"].shape) for _, d, _ in chunk}:  # one batch per bucket
+                keys = [k for k, d, _ in chunk if tuple(d["image"].shape) == shape]
+                images = torch.stack([d["image"] for _, d, _ in chunk if tuple(d["image"].shape) == shape])
+                latents.update(zip(keys, codec.encode(images.to(device)).float()))
+        tmp = target.with_suffix(".tmp")
+        with wds.TarWriter(str(tmp)) as writer:
+            for key, decoded, record in samples:
+                meta = {k: v for k, v in record.items() if k not in ("caption", "prompt")}
+                meta |= {"captions": decoded["captions"], "caption_scores": decoded["scores"]}
+                meta["latent"] = {k: settings[k] for k in ("autoencoder", "scaling_factor", "dtype")}
+                sample = {"__key__": key, "latent.npy": _npy(latents[key], dtype), "json": json.dumps(meta)}
+                if texts is not None:
+                    embeds, mask = texts(decoded["captions"])
+                    sample |= {"text.npy": _npy(embeds, dtype), "mask.npy": _npy(mask, "uint8")}
+                writer.write(sample)
+        os.replace(tmp, target)
+        manifest["shards"][name] = {"samples": len(samples), "skipped": skipped, "sha256": _sha256(target)}
+        _write_json(manifest_path, manifest)
+        progress.set_postfix(samples=sum(e["samples"] for e in manifest["shards"].values()))
+    return out
