@@ -1,8 +1,8 @@
 """Command line: `python -m sana_lightning.cli fit|validate|test|predict --config ...` plus model/data commands.
 
 Lightning subcommands come from `LightningCLI` (sweeps: stack `--config` files and `--x.y=value` overrides); the
-others (`shapes`, `shards`, `precompute`, `grow`, `importance`, `prune`, `generate`, `geneval`, `scale`, `prompts`, `consolidate`,
-`memory`) are plain functions whose typed signatures make their options.
+others (`shapes`, `shards`, `precompute`, `grow`, `importance`, `prune`, `generate`, `geneval`, `scale`, `prompts`,
+`consolidate`, `memory`, `export`) are plain functions whose typed signatures make their options.
 """
 
 import json
@@ -29,6 +29,7 @@ from sana_lightning.eval.geneval import format_summary, read_metadata, summarize
 from sana_lightning.eval.prompts import COCO_CLASSES, SHAPES_CLASSES, geneval_prompts
 from sana_lightning.eval.shapes_detector import ShapesDetector
 from sana_lightning.eval.transformers_detector import make_detector
+from sana_lightning.export import export_diffusers
 from sana_lightning.growth import GrowthConfig, Strategy, grow
 from sana_lightning.images import frame, image_grid, pil_to_tensor, to_pil
 from sana_lightning.inference_scaling import CLIPJudge, GenEvalOracleJudge, VLMJudge, scale
@@ -77,6 +78,14 @@ def _write_importance(importance: Importance, out: Path, record: dict, removed: 
         print(f"{metric:>10}: " + " ".join(f"{v:.4f}" for v in scores.tolist()))
 
 
+def _load(checkpoint: str, text_encoder: str | None, autoencoder: str | None, image_size: int | None):
+    """A checkpoint or diffusers directory; the encoder paths and image size are needed for foreign diffusers models."""
+    settings = dict(image_size=image_size)
+    settings["text_encoder"] = {"path": text_encoder} if text_encoder else None
+    settings["autoencoder"] = {"path": autoencoder} if autoencoder else None
+    return SanaFlowModule.from_checkpoint(checkpoint, **settings)
+
+
 def importance_report(
     checkpoint: str,
     out_dir: str = "reports/importance",
@@ -85,9 +94,13 @@ def importance_report(
     num_sigmas: int = 10,
     loss_delta: bool = True,
     seed: int = 0,
+    text_encoder: str | None = None,
+    autoencoder: str | None = None,
+    image_size: int | None = None,
 ) -> Importance:
-    """Block importance of a checkpoint on a calibration batch of `shards`: `importance.json` and `.png`."""
-    module = SanaFlowModule.from_checkpoint(checkpoint)
+    """Block importance of a checkpoint (or diffusers directory: give `text_encoder` / `autoencoder` / `image_size`
+    unless it was exported by sana-lightning) on a calibration batch of `shards`: `importance.json` and `.png`."""
+    module = _load(checkpoint, text_encoder, autoencoder, image_size)
     importance = _measure_importance(module, shards, batch_size, num_sigmas, loss_delta, seed)
     _write_importance(importance, Path(out_dir), {"checkpoint": checkpoint})
     return importance
@@ -103,10 +116,14 @@ def prune_checkpoint(
     batch_size: int = 32,
     num_sigmas: int = 10,
     seed: int = 0,
+    text_encoder: str | None = None,
+    autoencoder: str | None = None,
+    image_size: int | None = None,
 ) -> Path:
     """Remove the least important blocks by `criterion` (cosine, angular, loss_delta; or the baselines random,
-    last) down to `target_depth`; write a diffusers directory and `prune.json`."""
-    module = SanaFlowModule.from_checkpoint(checkpoint)
+    last) down to `target_depth`; write a diffusers directory and `prune.json`. A diffusers input needs
+    `text_encoder` / `autoencoder` / `image_size` unless it was exported by sana-lightning."""
+    module = _load(checkpoint, text_encoder, autoencoder, image_size)
     depth = len(module.transformer.transformer_blocks)
     importance = None
     if criterion in METRICS:
@@ -290,6 +307,7 @@ COMMANDS = {
     "scale": scale_command,
     "prompts": write_prompts,
     "consolidate": consolidate,
+    "export": export_diffusers,
     "memory": memory_report,
 }
 

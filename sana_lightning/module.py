@@ -1,6 +1,8 @@
 """`SanaFlowModule`: flow-matching training of diffusers' `SanaTransformer2DModel` with frozen text/image codecs."""
 
+import json
 from dataclasses import asdict, dataclass, is_dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -316,16 +318,26 @@ class SanaFlowModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------------- sampling
 
+    SETTINGS = ("text_encoder", "autoencoder", "flow", "sampler", "image_size", "caption_dropout", "seed")
+    """The hyper-parameters that rebuild a trained model for sampling and analysis (saved by `export` too)."""
+
     @staticmethod
-    def from_checkpoint(path: str, weights: str = "ema") -> "SanaFlowModule":
+    def from_checkpoint(path: str, weights: str = "ema", **settings) -> "SanaFlowModule":
         """Any sana-lightning checkpoint (flow, growth, recovery) as a plain module for sampling and analysis:
-        its transformer (EMA weights by default) and the encoders it was trained with."""
+        its transformer (EMA weights by default) and the encoders it was trained with. A diffusers directory (an
+        exported model or a Sana pipeline) takes these settings from the `sana_lightning.json` that `export` writes
+        or from `settings` (e.g. `text_encoder={"path": ...}`, `autoencoder=...`, `image_size=...`)."""
         from sana_lightning.checkpoints import resolve_path
 
         path = resolve_path(path)
-        hparams = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]
-        keys = ("text_encoder", "autoencoder", "flow", "sampler", "image_size", "caption_dropout", "seed")
-        module = SanaFlowModule(pretrained=path, ema_decay=None, **{k: hparams[k] for k in keys})  # EMA weights
+        if Path(path).is_dir():
+            saved = Path(path, "sana_lightning.json")
+            hparams = json.loads(saved.read_text()) if saved.exists() else {}
+        else:
+            hparams = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]
+        hparams |= {k: v for k, v in settings.items() if v is not None}
+        chosen = {k: hparams[k] for k in SanaFlowModule.SETTINGS if k in hparams}
+        module = SanaFlowModule(pretrained=path, ema_decay=None, **chosen)  # EMA weights
         if weights != "ema":
             module.transformer.load_state_dict(load_checkpoint_transformer(path, weights).state_dict())
         return module.eval()

@@ -11,7 +11,7 @@ from sana_lightning.module import SanaFlowModule
 from sana_lightning.presets import build_transformer
 
 CONFIGS = Path(__file__).parents[1] / "configs"
-OVERLAYS = {"tiny.yaml", "came8bit.yaml", "fsdp2.yaml"}  # partial configs, stacked on base.yaml
+OVERLAYS = {"tiny.yaml", "came8bit.yaml", "fsdp2.yaml", "precomputed.yaml"}  # partial configs, stacked on base.yaml
 COMMAND_CONFIGS = {"prune.yaml": "prune"}  # configs of data/model commands rather than of `fit`
 GPU_CONFIGS = {"fsdp.yaml", "grow_4.8b.yaml"}  # need GPUs and local production models: parsed, not instantiated
 

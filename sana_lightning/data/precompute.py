@@ -112,13 +112,18 @@ def precompute(
         if entry and target.exists() and _sha256(target) == entry["sha256"]:
             continue  # finished in an earlier run
         samples, skipped = _read_shard(url, image_size, bucket_list)
-        latents = {}
+        latents, features = {}, {}
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]
             for shape in {tuple(d["image"].shape) for _, d, _ in chunk}:  # one batch per bucket
                 keys = [k for k, d, _ in chunk if tuple(d["image"].shape) == shape]
                 images = torch.stack([d["image"] for _, d, _ in chunk if tuple(d["image"].shape) == shape])
                 latents.update(zip(keys, codec.encode(images.to(device)).float()))
+            if texts is not None:  # every caption of the chunk in one batch
+                embeds, mask = texts([c for _, d, _ in chunk for c in d["captions"]])
+                counts = [len(d["captions"]) for _, d, _ in chunk]
+                for (key, _, _), e, m in zip(chunk, embeds.split(counts), mask.split(counts)):
+                    features[key] = {"text.npy": _npy(e, dtype), "mask.npy": _npy(m, "uint8")}
         tmp = target.with_suffix(".tmp")
         with wds.TarWriter(str(tmp)) as writer:
             for key, decoded, record in samples:
@@ -126,10 +131,7 @@ def precompute(
                 meta |= {"captions": decoded["captions"], "caption_scores": decoded["scores"]}
                 meta["latent"] = {k: settings[k] for k in ("autoencoder", "scaling_factor", "dtype")}
                 sample = {"__key__": key, "latent.npy": _npy(latents[key], dtype), "json": json.dumps(meta)}
-                if texts is not None:
-                    embeds, mask = texts(decoded["captions"])
-                    sample |= {"text.npy": _npy(embeds, dtype), "mask.npy": _npy(mask, "uint8")}
-                writer.write(sample)
+                writer.write(sample | features.get(key, {}))
         os.replace(tmp, target)
         manifest["shards"][name] = {"samples": len(samples), "skipped": skipped, "sha256": _sha256(target)}
         _write_json(manifest_path, manifest)

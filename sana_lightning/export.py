@@ -1,0 +1,47 @@
+"""diffusers interop: a trained, grown or pruned model as a `SanaTransformer2DModel` or a whole `SanaPipeline`."""
+
+import json
+from pathlib import Path
+
+from sana_lightning.autoencoder import DCAutoencoder
+from sana_lightning.module import SanaFlowModule
+from sana_lightning.sampling import make_scheduler
+
+
+def export_diffusers(checkpoint: str, out_dir: str, weights: str = "ema", pipeline: bool | None = None) -> Path:
+    """Write `checkpoint`'s transformer (`weights`: ema or raw) with `save_pretrained`: as a `SanaPipeline`
+    directory (tokenizer, text encoder, DC-AE, transformer, the sampler's scheduler) when the model was trained with
+    a diffusers autoencoder, else the transformer alone. `pipeline_call.json` holds the `SanaPipeline` call
+    arguments the model was trained for (caption length, prompt prefix, steps, guidance)."""
+    module = SanaFlowModule.from_checkpoint(checkpoint, weights)
+    latent_space = isinstance(module.autoencoder, DCAutoencoder)
+    if pipeline and not latent_space:
+        raise ValueError(
+            "a SanaPipeline needs a diffusers autoencoder but this model denoises pixels (autoencoder.path empty): "
+            "export the transformer alone (pipeline: false)"
+        )
+    out = Path(out_dir)
+    settings = {k: module.hparams[k] for k in SanaFlowModule.SETTINGS}
+    if pipeline is False or not latent_space:
+        module.transformer.save_pretrained(out)
+        (out / "sana_lightning.json").write_text(json.dumps(settings, indent=2))  # read by from_checkpoint
+        return out
+    from diffusers import SanaPipeline
+
+    encoder, sampler = module.text_encoder, module.sampler
+    SanaPipeline(
+        tokenizer=encoder.tokenizer,
+        text_encoder=encoder.model,
+        vae=module.autoencoder.vae,
+        transformer=module.transformer,
+        scheduler=make_scheduler(sampler),
+    ).save_pretrained(out)
+    call = {
+        "max_sequence_length": encoder.max_length,
+        "complex_human_instruction": [encoder.complex_human_instruction] if encoder.complex_human_instruction else None,
+        "num_inference_steps": sampler.steps,
+        "guidance_scale": sampler.guidance_scale,
+    }
+    (out / "pipeline_call.json").write_text(json.dumps(call, indent=2))
+    (out / "sana_lightning.json").write_text(json.dumps(settings, indent=2))
+    return out
