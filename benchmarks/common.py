@@ -4,17 +4,9 @@ import json
 import sys
 from pathlib import Path
 
+from sana_lightning.tables import markdown_table
+
 RESULTS = Path(__file__).parent / "results"
-
-
-def markdown_table(rows: list[dict]) -> str:
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append(
-            "| " + " | ".join(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in columns) + " |"
-        )
-    return "\n".join(lines)
 
 
 def report(name: str, rows: list[dict], **extra) -> Path:

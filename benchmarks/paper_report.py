@@ -18,7 +18,8 @@ from pathlib import Path
 
 import matplotlib
 
-from benchmarks.common import RESULTS, markdown_table
+from benchmarks.common import RESULTS
+from sana_lightning.tables import markdown_table
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

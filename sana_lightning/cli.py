@@ -2,7 +2,7 @@
 
 Lightning subcommands come from `LightningCLI` (sweeps: stack `--config` files and `--x.y=value` overrides); the
 others (`shapes`, `shards`, `precompute`, `grow`, `importance`, `prune`, `generate`, `geneval`, `scale`, `prompts`,
-`consolidate`, `memory`, `export`) are plain functions whose typed signatures make their options.
+`consolidate`, `memory`, `export`, `sweep`) are plain functions whose typed signatures make their options.
 """
 
 import json
@@ -38,6 +38,7 @@ from sana_lightning.memory import OPTIMIZERS, MemoryPlan, memory_plan
 from sana_lightning.module import SanaFlowModule
 from sana_lightning.plots import importance_figure
 from sana_lightning.pruning import METRICS, Importance, block_importance, prune, select_blocks
+from sana_lightning.sweep import run_sweep
 
 
 def grow_checkpoint(
@@ -308,6 +309,7 @@ COMMANDS = {
     "prompts": write_prompts,
     "consolidate": consolidate,
     "export": export_diffusers,
+    "sweep": run_sweep,
     "memory": memory_report,
 }
 
