@@ -2,21 +2,21 @@
 
 import io
 
-import matplotlib
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from sana_lightning.pruning import Importance  # noqa: E402
+from sana_lightning.pruning import Importance
 
 
-def importance_figure(importance: Importance, removed: list[int] | None = None) -> plt.Figure:
-    """One bar chart per metric (removed blocks in red) and the block x noise-level heat map of each."""
+def importance_figure(importance: Importance, removed: list[int] | None = None) -> Figure:
+    """One bar chart per metric (removed blocks in red) and the block x noise-level heat map of each.
+
+    A pyplot-free `Figure`: no global backend is touched (notebooks keep showing their plots inline)."""
     metrics = list(importance.per_sigma)
-    figure, axes = plt.subplots(2, len(metrics), figsize=(4.2 * len(metrics), 7), squeeze=False)
+    figure = Figure(figsize=(4.2 * len(metrics), 7))
+    axes = figure.subplots(2, len(metrics), squeeze=False)
     removed = set(removed or [])
     for column, metric in enumerate(metrics):
         scores = importance.scores[metric].numpy()
@@ -32,10 +32,9 @@ def importance_figure(importance: Importance, removed: list[int] | None = None) 
     return figure
 
 
-def figure_to_tensor(figure: plt.Figure) -> torch.Tensor:
-    """A `[3, H, W]` uint8 image of the figure (for TensorBoard `add_image`); closes the figure."""
+def figure_to_tensor(figure: Figure) -> torch.Tensor:
+    """A `[3, H, W]` uint8 image of the figure (for TensorBoard `add_image`)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
-    plt.close(figure)
     array = np.asarray(Image.open(buffer).convert("RGB"))
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
