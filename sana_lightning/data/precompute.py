@@ -67,6 +67,7 @@ def precompute(
     encode_text: bool = False,
     max_length: int = 300,
     complex_human_instruction: str | None = None,
+    text_encoder_dtype: str = "float32",
     image_size: int = 32,
     buckets: str | list[tuple[int, int]] | None = None,
     bucket_multiple: int = 32,
@@ -78,8 +79,9 @@ def precompute(
     latent of the image as training decodes it: same crop or aspect-ratio bucket), the captions (+ scores) in
     `.json`, and with `encode_text` every caption's features `text.npy` `[K, max_length, width]` and `mask.npy`.
 
-    `autoencoder` / `text_encoder` are local paths (empty: pixel space / the embedded MiniLM) and must be those of
-    the model trained on the output. Finished shards are listed in `manifest.json` with their sample count and
+    `autoencoder` / `text_encoder` (+ `max_length`, `complex_human_instruction`, `text_encoder_dtype`) are local
+    paths (empty: pixel space / the embedded MiniLM) and settings that must be those of the model trained on the
+    output. Finished shards are listed in `manifest.json` with their sample count and
     sha256 and are not redone when the command is run again.
     """
     urls = expand_shards(shards)
@@ -88,7 +90,9 @@ def precompute(
     codec = load_autoencoder(autoencoder, autoencoder_subfolder).to(device)
     texts = None
     if encode_text:
-        texts = TextEncoder(text_encoder, max_length, complex_human_instruction, cache_size=0).to(device)
+        texts = TextEncoder(
+            text_encoder, max_length, complex_human_instruction, cache_size=0, dtype=text_encoder_dtype
+        ).to(device)
     bucket_list = sana_buckets(image_size, bucket_multiple) if buckets == "sana" else buckets
     settings = {
         "autoencoder": autoencoder,
@@ -97,6 +101,7 @@ def precompute(
         "dtype": dtype,
         "text_encoder": (text_encoder or "embedded MiniLM") if encode_text else None,
         "max_length": max_length if encode_text else None,
+        "text_encoder_dtype": text_encoder_dtype if encode_text else None,
         "image_size": image_size,
         "buckets": [list(b) for b in bucket_list] if bucket_list else None,
     }
