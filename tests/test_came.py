@@ -90,23 +90,21 @@ def test_quantisation_error_of_the_first_moment_is_bounded():
     assert ((roundtrip - exact).abs() <= 0.02 * exact.abs().amax(dim=1, keepdim=True)).all()
 
 
-def test_row_blocks_match_bitsandbytes_where_the_blocks_coincide():
+def test_row_blocks_are_bitsandbytes_blocks_that_never_cross_a_row():
     import bitsandbytes.functional as bnb
 
     code = dynamic_map()
-    x = torch.randn(6, 4096, generator=torch.Generator().manual_seed(0))  # rows of 2 whole blocks: same blocks
+    x = torch.randn(6, 4096, generator=torch.Generator().manual_seed(0))  # rows of 2 whole blocks: the same blocks
     codes, absmax = quantize(x, code)
     reference, reference_state = bnb.quantize_blockwise(x, code=code, blocksize=2048)
-    torch.testing.assert_close(absmax.flatten(), reference_state.absmax)
-    assert (codes == reference).float().mean() > 0.995  # the rest differ by one code: ours is the nearest
-    assert (codes.int() - reference.int()).abs().max() == 1
-    ours = (dequantize(codes, absmax, code) - x).abs()
-    theirs = (bnb.dequantize_blockwise(reference, reference_state, blocksize=2048) - x).abs()
-    assert (ours <= theirs + 1e-7).all()
+    assert torch.equal(codes, reference) and torch.equal(absmax.flatten(), reference_state.absmax)
+    torch.testing.assert_close(dequantize(codes, absmax, code), bnb.dequantize_blockwise(reference, reference_state))
     ragged = torch.randn(5, 2240)  # Sana's width: blocks of 2048 + 192 per row, none across rows
     codes, absmax = quantize(ragged, code)
     assert codes.shape == (5, 2240) and absmax.shape == (5, 2)
     torch.testing.assert_close(absmax[:, 1], ragged[:, 2048:].abs().amax(dim=1))
+    error = (dequantize(codes, absmax, code) - ragged).abs()
+    assert (error[:, 2048:] <= 0.02 * absmax[:, 1:]).all()  # the short block is quantised on its own scale
 
 
 @pytest.mark.parametrize("cls", [CAME, CAME8bit])
