@@ -1,6 +1,6 @@
 """SANA 1.5's four claims on the Shapes domain, on one CPU, in one command; writes `report/`.
 
-    python -m benchmarks.paper_report [--retrain] [--out report]
+    python -m benchmarks.paper_report [--retrain] [--out report] [--only "CAME-8bit" ...]
 
 Trains the demo model if there is none (`configs/base.yaml`), then runs the growth, CAME-8bit, pruning and
 inference-scaling benchmarks, and writes `report/README.md` (the paper's figure next to ours for each claim, with the
@@ -34,10 +34,14 @@ STEPS = {
 }
 
 
-def run_steps(out: Path, retrain: bool) -> dict[str, float]:
+def run_steps(out: Path, retrain: bool, only: list[str] | None) -> dict[str, float]:
+    """Run the steps (`only` some of them: the others keep their earlier results); their minutes in timings.json."""
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    seconds = {}
+    timings = out / "timings.json"
+    seconds = json.loads(timings.read_text()) if only and timings.exists() else {}
     for name, args in STEPS.items():
+        if only and name not in only:
+            continue
         if name == "demo model" and glob.glob(DEMO) and not retrain:
             print(f"{name}: using {sorted(glob.glob(DEMO))[-1]} (--retrain to train it again)")
             continue
@@ -49,6 +53,7 @@ def run_steps(out: Path, retrain: bool) -> dict[str, float]:
         if done.returncode:
             raise SystemExit(f"error: {name} failed (exit {done.returncode}): see {out}/logs/")
         print(f"{name}: {seconds[name] / 60:.1f} min", flush=True)
+        timings.write_text(json.dumps(seconds, indent=2))
     return seconds
 
 
@@ -111,10 +116,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="report")
     parser.add_argument("--retrain", action="store_true", help="train the demo model even if a checkpoint exists")
+    parser.add_argument("--only", nargs="+", choices=list(STEPS), help="rerun these steps, keep the others' results")
     args = parser.parse_args()
     out = Path(args.out)
-    start = time.perf_counter()
-    seconds = run_steps(out, args.retrain)
+    seconds = run_steps(out, args.retrain, args.only)
     for name in ("growth_vs_scratch", "pruning", "inference_scaling"):
         shutil.copy(RESULTS / f"{name}.png", out / f"{name}.png")
     memory_figure(out / "optimizer_memory.png")
@@ -123,7 +128,7 @@ def main() -> None:
         for name in ("growth_vs_scratch", "optimizer_memory", "optimizer_paper_4.8b", "pruning", "inference_scaling")
     )
     timing = "\n".join(f"- {name}: {s / 60:.1f} min (`python {' '.join(STEPS[name])}`)" for name, s in seconds.items())
-    total = (time.perf_counter() - start) / 60
+    total = sum(seconds.values()) / 60
     table = markdown_table(claims())
     (out / "README.md").write_text(
         f"# SANA 1.5's claims on the Shapes domain\n\n`python -m benchmarks.paper_report` ({total:.0f} min)\n\n"

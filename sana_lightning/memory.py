@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.graph import saved_tensors_hooks
 
+from sana_lightning.optim.blockwise import block_size
 from sana_lightning.optim.came import QUANT_BLOCKSIZE, _matrix_shape
 from sana_lightning.presets import build_transformer
 from sana_lightning.sharding import DTYPES
@@ -24,7 +25,7 @@ def optimizer_state_bytes(name: str, shape: tuple[int, ...], min_8bit_size: int 
     factored = len(dims) >= 2
     second = 8 * (n // dims[-1] + n // dims[-2]) if factored else 4 * n  # fp32 row + col, of g^2 and residual
     if name == "CAME-8bit" and factored and n >= min_8bit_size:  # uint8 codes, fp32 absmax per row block
-        return n + 4 * (n // dims[-1]) * -(-dims[-1] // QUANT_BLOCKSIZE) + second
+        return n + 4 * (n // dims[-1]) * -(-dims[-1] // block_size(dims[-1], QUANT_BLOCKSIZE)) + second
     return 4 * n + second
 
 

@@ -99,12 +99,16 @@ def test_row_blocks_are_bitsandbytes_blocks_that_never_cross_a_row():
     reference, reference_state = bnb.quantize_blockwise(x, code=code, blocksize=2048)
     assert torch.equal(codes, reference) and torch.equal(absmax.flatten(), reference_state.absmax)
     torch.testing.assert_close(dequantize(codes, absmax, code), bnb.dequantize_blockwise(reference, reference_state))
-    ragged = torch.randn(5, 2240)  # Sana's width: blocks of 2048 + 192 per row, none across rows
+    sana = torch.randn(5, 2240)  # Sana's width: 35 blocks of 64 per row (the largest size that divides it)
+    codes, absmax = quantize(sana, code)
+    assert codes.shape == (5, 2240) and absmax.shape == (5, 35)
+    torch.testing.assert_close(absmax, sana.view(5, 35, 64).abs().amax(dim=-1))
+    ragged = torch.randn(3, 100)  # no size divides 100: rows padded to 2 blocks of 64, none across rows
     codes, absmax = quantize(ragged, code)
-    assert codes.shape == (5, 2240) and absmax.shape == (5, 2)
-    torch.testing.assert_close(absmax[:, 1], ragged[:, 2048:].abs().amax(dim=1))
+    assert codes.shape == (3, 100) and absmax.shape == (3, 2)
+    torch.testing.assert_close(absmax[:, 1], ragged[:, 64:].abs().amax(dim=1))
     error = (dequantize(codes, absmax, code) - ragged).abs()
-    assert (error[:, 2048:] <= 0.02 * absmax[:, 1:]).all()  # the short block is quantised on its own scale
+    assert (error[:, 64:] <= 0.02 * absmax[:, 1:]).all()  # the short block is quantised on its own scale
 
 
 @pytest.mark.parametrize("cls", [CAME, CAME8bit])

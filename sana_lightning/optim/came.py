@@ -7,9 +7,9 @@ dimensions are squeezed before factoring, so a 1x1 convolution [out, in, 1, 1] i
 (came-pytorch factors its two singleton dimensions and stores 4x the weight's size).
 
 `CAME8bit` stores the first moment (`exp_avg`) of large matrices in 8 bits with blockwise dynamic quantisation, as
-SANA 1.5 does: bitsandbytes' signed dynamic map with one fp32 absmax per block of 2048 values, the blocks laid along
-rows (`blockwise.py`) so that the 8-bit state shards like its parameter. The factored statistics are tiny and stay
-fp32, as do tensors that are 1-D or smaller than `min_8bit_size`.
+SANA 1.5 does: bitsandbytes' signed dynamic map and kernels with one fp32 absmax per block of up to 2048 values, the
+blocks laid along rows (`blockwise.py`) so that the 8-bit state shards like its parameter. The factored statistics
+are tiny and stay fp32, as do tensors that are 1-D or smaller than `min_8bit_size`.
 
 Under FSDP2 the parameters are DTensors: every elementwise step runs on the local shard, and the row/column means
 of the factored statistics are taken by DTensor reductions, so the factored moments are those of the full matrix.
