@@ -1,9 +1,11 @@
 """Training memory on paper: bytes per GPU of a sharded (FSDP) Sana, with activations measured on the meta device."""
 
+import copy
 import math
 from dataclasses import dataclass
 
 import torch
+from diffusers import SanaTransformer2DModel
 from torch.autograd.graph import saved_tensors_hooks
 
 from sana_lightning.optim.blockwise import block_size
@@ -29,10 +31,11 @@ def optimizer_state_bytes(name: str, shape: tuple[int, ...], min_8bit_size: int 
     return 4 * n + second
 
 
-def block_activation_bytes(preset: str, batch: int, tokens: int, caption_tokens: int, dtype: str) -> int:
-    """Bytes autograd saves for the backward pass of one transformer block (measured on the meta device)."""
-    model = build_transformer(preset, device="meta")
-    block = model.transformer_blocks[0].to(DTYPES[dtype])
+def block_activation_bytes(
+    model: SanaTransformer2DModel, batch: int, tokens: int, caption_tokens: int, dtype: str
+) -> int:
+    """Bytes autograd saves for the backward pass of one of `model`'s blocks (run on the meta device)."""
+    block = copy.deepcopy(model.transformer_blocks[0]).to(device="meta", dtype=DTYPES[dtype])
     width = model.config.num_attention_heads * model.config.attention_head_dim
     params = {id(p) for p in block.parameters()}
     saved = []
@@ -91,7 +94,7 @@ def memory_plan(
     tokens = (image_size // downsample // model.config.patch_size) ** 2
     width = model.config.num_attention_heads * model.config.attention_head_dim
     element = torch.empty(0, dtype=DTYPES[param_dtype]).element_size()
-    per_block = block_activation_bytes(preset, batch_per_gpu, tokens, caption_tokens, param_dtype)
+    per_block = block_activation_bytes(model, batch_per_gpu, tokens, caption_tokens, param_dtype)
     layers = model.config.num_layers
     return MemoryPlan(
         gpus=gpus,

@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import os
+from collections import defaultdict
 from pathlib import Path
 from typing import Literal
 
@@ -120,10 +121,11 @@ def precompute(
         latents, features = {}, {}
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]
-            for shape in {tuple(d["image"].shape) for _, d, _ in chunk}:  # one batch per bucket
-                keys = [k for k, d, _ in chunk if tuple(d["image"].shape) == shape]
-                images = torch.stack([d["image"] for _, d, _ in chunk if tuple(d["image"].shape) == shape])
-                latents.update(zip(keys, codec.encode(images.to(device)).float()))
+            by_shape = defaultdict(dict)  # one encoder batch per image shape (aspect-ratio bucket)
+            for key, decoded, _ in chunk:
+                by_shape[decoded["image"].shape][key] = decoded["image"]
+            for images in by_shape.values():
+                latents.update(zip(images, codec.encode(torch.stack(list(images.values())).to(device)).float()))
             if texts is not None:  # every caption of the chunk in one batch
                 embeds, mask = texts([c for _, d, _ in chunk for c in d["captions"]])
                 counts = [len(d["captions"]) for _, d, _ in chunk]
