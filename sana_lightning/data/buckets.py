@@ -20,6 +20,17 @@ def sana_buckets(base_size: int, multiple: int) -> list[tuple[int, int]]:
     return sorted(buckets, key=lambda hw: hw[0] / hw[1])
 
 
+def resolve_buckets(
+    buckets: str | list[tuple[int, int]] | None, base_size: int, multiple: int
+) -> list[tuple[int, int]] | None:
+    """`sana` -> `sana_buckets(base_size, multiple)`; a list of [height, width] -> tuples; None stays None."""
+    if isinstance(buckets, str):
+        if buckets != "sana":
+            raise ValueError(f"buckets '{buckets}' is unknown: use 'sana', a list of [height, width], or null")
+        return sana_buckets(base_size, multiple)
+    return [tuple(b) for b in buckets] if buckets else None
+
+
 def nearest_bucket(height: int, width: int, buckets: list[tuple[int, int]]) -> tuple[int, int]:
     """The bucket whose height/width ratio is closest to the image's (in log ratio)."""
     ratio = math.log(height / width)

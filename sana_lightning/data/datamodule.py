@@ -17,7 +17,7 @@ from braceexpand import braceexpand
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
-from sana_lightning.data.buckets import nearest_bucket, resize_crop, sana_buckets
+from sana_lightning.data.buckets import nearest_bucket, resize_crop, resolve_buckets
 from sana_lightning.data.captions import CaptionRule, choose_caption
 from sana_lightning.data.shapes import write_shapes_dataset
 
@@ -242,8 +242,6 @@ class ShardDataModule(L.LightningDataModule):
         super().__init__()
         if image_size <= 0 or batch_size <= 0 or batches_per_epoch <= 0:
             raise ValueError("data.image_size, data.batch_size and data.batches_per_epoch must be positive")
-        if isinstance(buckets, str) and buckets != "sana":
-            raise ValueError(f"data.buckets '{buckets}' is unknown: use 'sana', a list of [height, width], or null")
         self.train_shards = train_shards
         self.val_shards = val_shards
         self.image_size = image_size
@@ -253,7 +251,7 @@ class ShardDataModule(L.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.num_workers = num_workers
         self.seed = seed
-        self.buckets = sana_buckets(image_size, bucket_multiple) if buckets == "sana" else buckets
+        self.buckets = resolve_buckets(buckets, image_size, bucket_multiple)
         self.caption_rule = caption_rule
         self.caption_temperature = caption_temperature
 
@@ -265,7 +263,7 @@ class ShardDataModule(L.LightningDataModule):
             batches,
             self.shuffle_buffer,
             seed,
-            [tuple(b) for b in self.buckets] if self.buckets else None,
+            self.buckets,
             self.caption_rule,
             self.caption_temperature,
         )

@@ -15,7 +15,7 @@ import webdataset as wds
 from tqdm.auto import tqdm
 
 from sana_lightning.autoencoder import load_autoencoder
-from sana_lightning.data.buckets import sana_buckets
+from sana_lightning.data.buckets import resolve_buckets
 from sana_lightning.data.datamodule import decode_sample, expand_shards
 from sana_lightning.text_encoder import TextEncoder
 
@@ -94,7 +94,7 @@ def precompute(
         texts = TextEncoder(
             text_encoder, max_length, complex_human_instruction, cache_size=0, dtype=text_encoder_dtype
         ).to(device)
-    bucket_list = sana_buckets(image_size, bucket_multiple) if buckets == "sana" else buckets
+    bucket_list = resolve_buckets(buckets, image_size, bucket_multiple)
     settings = {
         "autoencoder": autoencoder,
         "scaling_factor": codec.scaling_factor,
