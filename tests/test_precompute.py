@@ -85,6 +85,13 @@ def test_interrupted_precompute_resumes_without_redoing_finished_shards(shapes_d
         precompute(f"{shapes_dir}/train-*.tar", str(tmp_path), dtype="float16")
 
 
+def test_a_shard_without_readable_samples_is_a_one_line_error(tmp_path):
+    with wds.TarWriter(str(tmp_path / "bad-000000.tar")) as writer:
+        writer.write({"__key__": "0", "png": b"not a png", "json": json.dumps({"caption": "x"})})
+    with pytest.raises(ValueError, match="has no readable sample \\(1 skipped\\)"):
+        precompute(str(tmp_path / "bad-000000.tar"), str(tmp_path / "out"))
+
+
 def test_latents_of_another_autoencoder_are_a_one_line_error_naming_both(shapes_dir, tiny_dc_ae, tmp_path):
     out = precompute(f"{shapes_dir}/train-000000.tar", str(tmp_path))  # 3-channel pixel "latents"
     module = SanaFlowModule(preset="tiny", text_encoder={"max_length": 8}, autoencoder={"path": str(tiny_dc_ae)})

@@ -118,6 +118,8 @@ def precompute(
         if entry and target.exists() and _sha256(target) == entry["sha256"]:
             continue  # finished in an earlier run
         samples, skipped = _read_shard(url, image_size, bucket_list)
+        if not samples:
+            raise ValueError(f"shard '{url}' has no readable sample ({skipped} skipped): rewrite it or drop it")
         latents, features = {}, {}
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]
