@@ -25,6 +25,7 @@ def export_diffusers(checkpoint: str, out_dir: str, weights: str = "ema", pipeli
     if pipeline is False or not latent_space:
         module.transformer.save_pretrained(out)
         (out / "sana_lightning.json").write_text(json.dumps(settings, indent=2))  # read by from_checkpoint
+        print(f"exported the transformer ({weights} weights) to {out} (pixel space: no SanaPipeline)")
         return out
     from diffusers import SanaPipeline
 
@@ -44,4 +45,5 @@ def export_diffusers(checkpoint: str, out_dir: str, weights: str = "ema", pipeli
     }
     (out / "pipeline_call.json").write_text(json.dumps(call, indent=2))
     (out / "sana_lightning.json").write_text(json.dumps(settings, indent=2))
+    print(f"exported a SanaPipeline ({weights} weights) to {out}; call it with the arguments in pipeline_call.json")
     return out
