@@ -6,9 +6,17 @@ Trains the deep target from scratch and from each growth initialisation of the t
 data order, noise, steps and learning rate (EMA off), and records the fixed-noise validation loss. Reports how
 many steps each run needs to reach the scratch run's final validation loss. The source's own training is not
 counted (as in the paper, growth reuses a model that already exists). Goal: growth <= 35% of the scratch steps.
+
+    python -m benchmarks.growth_vs_scratch --two-stage [--source-steps 300] [--target-layers 12]
+
+SANA's 1.6B -> 4.8B recipe on Shapes instead: a 6-block source trained without QK norm, QK-norm adaptation (the
+same depth, fine-tuned: stage 1), then growth by partial preservation with zero-gated new blocks (stage 2). Reports
+the max abs output difference at step 0 between each grown model and the model it grew from: the adapted source
+(two-stage) and the source without QK norm grown straight into a QK-norm target (one-stage).
 """
 
 import argparse
+import tempfile
 
 import lightning as L
 import matplotlib
@@ -18,13 +26,14 @@ from benchmarks.common import RESULTS, report
 from sana_lightning.checkpoints import resolve_path
 from sana_lightning.data.datamodule import ShapesDataModule
 from sana_lightning.flow import FlowConfig
+from sana_lightning.growth import GrowthConfig, Strategy, grow, max_output_difference
 from sana_lightning.growth_module import GrowthModule
 from sana_lightning.module import SanaFlowModule, TextEncoderConfig
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-STRATEGIES = ("partial_preservation", "cyclic", "block_expand", "stack")
+STRATEGIES = ("partial_preservation", "cyclic", "block_expand", "stack")  # the default set; all: Strategy
 
 
 class ValidationCurve(L.Callback):
@@ -36,13 +45,14 @@ class ValidationCurve(L.Callback):
             self.points.append((trainer.global_step, float(trainer.callback_metrics["val/loss"])))
 
 
-def train(name: str, module_fn, args) -> list[tuple[int, float]]:
+def train(name: str, module_fn, args, steps: int | None = None) -> tuple[list[tuple[int, float]], L.LightningModule]:
     L.seed_everything(0, verbose=False)
     module = module_fn()
-    data = ShapesDataModule(batch_size=args.batch_size, batches_per_epoch=args.steps, val_batches=4, num_workers=1)
+    steps = steps or args.steps
+    data = ShapesDataModule(batch_size=args.batch_size, batches_per_epoch=steps, val_batches=4, num_workers=1)
     curve = ValidationCurve()
     trainer = L.Trainer(
-        max_steps=args.steps,
+        max_steps=steps,
         val_check_interval=args.eval_every,
         check_val_every_n_epoch=None,
         accelerator="cpu",
@@ -56,7 +66,35 @@ def train(name: str, module_fn, args) -> list[tuple[int, float]]:
     trainer.validate(module, data, verbose=False)  # the loss at step 0
     trainer.fit(module, data)
     print(f"{name}: " + ", ".join(f"{s}:{v:.4f}" for s, v in curve.points), flush=True)
-    return curve.points
+    return curve.points, module
+
+
+def two_stage(args, common: dict) -> None:
+    """Source without QK norm -> QK-norm adaptation (stage 1) -> growth (stage 2), against growing it directly."""
+    _, plain = train(
+        "source_no_qk", lambda: SanaFlowModule(transformer={"qk_norm": None}, **common), args, args.source_steps
+    )
+    with tempfile.TemporaryDirectory() as work:
+        plain.transformer.save_pretrained(work)
+        adaptation = {"target_layers": plain.transformer.config.num_layers, "drop_last": 0}
+        _, adapted = train(
+            "qk_adapted", lambda: GrowthModule(source=work, growth=adaptation, **common), args, args.source_steps
+        )
+    growth = GrowthConfig(args.target_layers, "partial_preservation", drop_last=0, zero_gate=True)
+    rows = []
+    for path, source in (("one-stage", plain.transformer), ("two-stage", adapted.transformer)):
+        source.eval()
+        grown, _ = grow(source, growth)
+        difference = max_output_difference(source, grown)
+        rows.append(
+            {
+                "path": path,
+                "grown from": f"{source.config.num_layers} blocks, qk_norm={source.config.qk_norm}",
+                "max abs output diff at step 0": difference,
+                "identity (< 1e-5)": difference < 1e-5,
+            }
+        )
+    report("growth_two_stage", rows, source_steps=args.source_steps, target_layers=args.target_layers)
 
 
 def steps_to_reach(curve: list[tuple[int, float]], level: float) -> int | None:
@@ -70,9 +108,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=Strategy.__args__)
+    parser.add_argument("--two-stage", action="store_true", help="SANA's QK-norm adaptation then growth (see above)")
+    parser.add_argument("--source-steps", type=int, default=300, help="--two-stage: steps of the source, stage 1")
     args = parser.parse_args()
-    source = resolve_path(args.source)
     common = dict(
         preset="small",
         image_size=32,
@@ -81,14 +120,14 @@ def main() -> None:
         ema_decay=None,
         optimizer=lambda groups: torch.optim.AdamW(groups, lr=3e-4),
     )
-    curves = {
-        "scratch": train(
-            "scratch", lambda: SanaFlowModule(transformer={"num_layers": args.target_layers}, **common), args
-        )
-    }
+    if args.two_stage:
+        return two_stage(args, common)
+    source = resolve_path(args.source)
+    scratch = lambda: SanaFlowModule(transformer={"num_layers": args.target_layers}, **common)  # noqa: E731
+    curves = {"scratch": train("scratch", scratch, args)[0]}
     for strategy in args.strategies:
         growth = {"target_layers": args.target_layers, "strategy": strategy, "drop_last": 2}
-        curves[strategy] = train(strategy, lambda: GrowthModule(source=source, growth=growth, **common), args)
+        curves[strategy] = train(strategy, lambda: GrowthModule(source=source, growth=growth, **common), args)[0]
     target = curves["scratch"][-1][1]
     rows = []
     for name, curve in curves.items():

@@ -1,9 +1,9 @@
 """Frozen autoencoders: diffusers `AutoencoderDC` (DC-AE) from a local path, or pixel space for the embedded default."""
 
-from pathlib import Path
-
 import torch
 from torch import nn
+
+from sana_lightning.local_paths import local_model_dir
 
 
 class PixelAutoencoder(nn.Module):
@@ -27,11 +27,12 @@ class DCAutoencoder(nn.Module):
         super().__init__()
         from diffusers import AutoencoderDC
 
-        if not Path(path).is_dir():
-            raise FileNotFoundError(
-                f"autoencoder path '{path}' does not exist: set autoencoder.path to a local diffusers AutoencoderDC "
-                "directory (e.g. a downloaded mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers), or null for pixel space"
-            )
+        local_model_dir(
+            path,
+            "autoencoder path",
+            "set autoencoder.path to a local diffusers AutoencoderDC directory "
+            "(e.g. a downloaded mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers), or null for pixel space",
+        )
         self.vae = AutoencoderDC.from_pretrained(path, subfolder=subfolder).eval().requires_grad_(False)
         config = self.vae.config
         self.latent_channels = config.latent_channels

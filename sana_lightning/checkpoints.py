@@ -2,12 +2,15 @@
 
 import glob
 import os
+import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
 from diffusers import SanaTransformer2DModel
 
+from sana_lightning.atomic import save_atomic
 from sana_lightning.presets import load_transformer
 
 TRAIN_COMMAND = "python -m sana_lightning.cli fit --config configs/base.yaml"
@@ -26,6 +29,24 @@ def resolve_path(path: str) -> str:
             "or a diffusers SanaTransformer2DModel directory"
         )
     return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A `torch.save` file's contents (on the CPU, memory-mapped); a truncated or corrupt file is a one-line error."""
+    with open(path, "rb") as file:
+        if not zipfile.is_zipfile(file):
+            raise _unreadable(path, "not a complete zip archive")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        raise _unreadable(path, str(error).splitlines()[0][:120]) from error
+
+
+def _unreadable(path: str | Path, reason: str) -> ValueError:
+    return ValueError(
+        f"'{path}' is not a readable checkpoint ({reason}): it is truncated or corrupt; "
+        "use another checkpoint (e.g. an earlier one of the same run)"
+    )
 
 
 def is_sharded_checkpoint(path: str | Path) -> bool:
@@ -47,7 +68,7 @@ def consolidate_checkpoint(sharded: str, output: str | None = None) -> Path:
         gathered = torch.load(f"{tmp}/gathered.pt", map_location="cpu", weights_only=True)
     meta = torch.load(Path(sharded, "meta.pt"), map_location="cpu", weights_only=False)
     state = gathered.get("state_dict", gathered.get("model"))  # ModelParallelStrategy / FSDPStrategy key
-    torch.save({**meta, "state_dict": state}, out)
+    save_atomic({**meta, "state_dict": state}, out)
     return out
 
 
@@ -64,8 +85,8 @@ def load_checkpoint_transformer(path: str, weights: str = "ema") -> SanaTransfor
             f"`python -m sana_lightning.cli consolidate {path}` and give the file it writes"
         )
     if Path(path).is_dir():
-        return load_transformer(path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return _finite(load_transformer(path), path)
+    checkpoint = read_checkpoint(path)
     if "transformer_config" not in checkpoint:
         raise ValueError(
             f"'{path}' holds no transformer_config: give a sana-lightning checkpoint or diffusers directory"
@@ -74,4 +95,13 @@ def load_checkpoint_transformer(path: str, weights: str = "ema") -> SanaTransfor
     prefix = "ema.module." if weights == "ema" and any(k.startswith("ema.module.") for k in state) else "transformer."
     model = SanaTransformer2DModel.from_config(checkpoint["transformer_config"])
     model.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    return _finite(model, path)
+
+
+def _finite(model: SanaTransformer2DModel, path: str) -> SanaTransformer2DModel:
+    """`model`, refused when a weight is NaN or infinite (a diverged run saves such checkpoints)."""
+    bad = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
+    if bad:
+        more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
+        raise ValueError(f"'{path}' holds non-finite weights (NaN/Inf in {bad[0]}{more}): use an earlier checkpoint")
     return model

@@ -8,7 +8,6 @@ others (`shapes`, `shards`, `precompute`, `grow`, `importance`, `prune`, `genera
 import json
 import os
 import sys
-from argparse import ArgumentError
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Literal
@@ -19,18 +18,19 @@ from lightning.pytorch.cli import LightningCLI
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
+from sana_lightning.atomic import atomic_directory, tensor_bytes
 from sana_lightning.checkpoints import consolidate_checkpoint, load_checkpoint_transformer
 from sana_lightning.data.datamodule import ShardStream, expand_shards
 from sana_lightning.data.folder_shards import write_folder_shards
 from sana_lightning.data.precompute import precompute
 from sana_lightning.data.shapes import write_shapes_dataset
-from sana_lightning.eval.folder import score_folder, write_folder
+from sana_lightning.eval.folder import prompt_slice, score_folder, write_folder
 from sana_lightning.eval.geneval import format_summary, read_metadata, summarize
 from sana_lightning.eval.prompts import COCO_CLASSES, SHAPES_CLASSES, geneval_prompts
 from sana_lightning.eval.shapes_detector import ShapesDetector
 from sana_lightning.eval.transformers_detector import make_detector
 from sana_lightning.export import export_diffusers
-from sana_lightning.growth import GrowthConfig, Strategy, grow
+from sana_lightning.growth import GrowthConfig, Init, Strategy, grow
 from sana_lightning.images import frame, image_grid, pil_to_tensor, to_pil
 from sana_lightning.inference_scaling import CLIPJudge, GenEvalOracleJudge, VLMJudge, scale
 from sana_lightning.inference_scaling.search import Selection
@@ -38,7 +38,15 @@ from sana_lightning.memory import OPTIMIZERS, MemoryPlan, memory_plan
 from sana_lightning.module import SanaFlowModule
 from sana_lightning.plots import importance_figure
 from sana_lightning.pruning import METRICS, Importance, block_importance, prune, select_blocks
+from sana_lightning.resume import (
+    checkpoint_hparams,
+    find_last_checkpoint,
+    learning_rate_differences,
+    run_version,
+    settings_differences,
+)
 from sana_lightning.sweep import run_sweep
+from sana_lightning.user_errors import check_config_files, error_line
 
 
 def grow_checkpoint(
@@ -48,17 +56,21 @@ def grow_checkpoint(
     strategy: Strategy = "partial_preservation",
     drop_last: int = 2,
     zero_new: bool = True,
+    zero_gate: bool = False,
+    init: Init = "official",
     qk_norm: str | None = "rms_norm_across_heads",
     source_weights: str = "ema",
 ) -> Path:
-    """Grow a checkpoint (or diffusers directory) without training; write a diffusers directory plus `growth.json`."""
-    config = GrowthConfig(target_layers, strategy, drop_last, zero_new, qk_norm)
+    """Grow a checkpoint (or diffusers directory) without training; write a diffusers directory plus `growth.json`
+    (atomically: a finished directory replaces `out_dir`). Options as in `GrowthConfig`."""
+    config = GrowthConfig(target_layers, strategy, drop_last, zero_new, zero_gate, init, qk_norm)
     grown, origins = grow(load_checkpoint_transformer(source, source_weights), config)
     out = Path(out_dir)
-    grown.save_pretrained(out)
-    (out / "growth.json").write_text(
-        json.dumps({"source": source, **asdict(config), "block_origins": origins}, indent=2)
-    )
+    with atomic_directory(out, tensor_bytes(grown.state_dict())) as staging:
+        grown.save_pretrained(staging)
+        (staging / "growth.json").write_text(
+            json.dumps({"source": source, **asdict(config), "block_origins": origins}, indent=2)
+        )
     print(f"grown {len(origins) - origins.count(None)} source blocks + {origins.count(None)} new -> {out}")
     return out
 
@@ -131,16 +143,18 @@ def prune_checkpoint(
         importance = _measure_importance(module, shards, batch_size, num_sigmas, criterion == "loss_delta", seed)
     removed = select_blocks(depth, target_depth, criterion, importance, protect_ends, seed)
     out = Path(out_dir)
-    prune(module.transformer, removed).save_pretrained(out)
+    pruned = prune(module.transformer, removed)
     record = {
         "checkpoint": checkpoint,
         "criterion": criterion,
         "removed": removed,
         "kept": [i for i in range(depth) if i not in removed],
     }
-    (out / "prune.json").write_text(json.dumps(record, indent=2))
-    if importance is not None:
-        _write_importance(importance, out, record, removed)
+    with atomic_directory(out, tensor_bytes(pruned)) as staging:
+        pruned.save_pretrained(staging)
+        (staging / "prune.json").write_text(json.dumps(record, indent=2))
+        if importance is not None:
+            _write_importance(importance, staging, record, removed)
     print(f"removed blocks {removed} ({criterion}): {depth} -> {target_depth} blocks in {out}")
     return out
 
@@ -154,15 +168,19 @@ def generate_images(
     seed: int = 0,
     steps: int | None = None,
     guidance_scale: float | None = None,
+    prompts: str | None = None,
 ) -> Path:
-    """Generate GenEval's image folder (`<out_dir>/00000/samples/0000.png ...`) for a metadata file; resumable."""
+    """Generate GenEval's image folder (`<out_dir>/00000/samples/0000.png ...`) for a metadata file, or for the
+    `prompts` slice of it (`0:50`; folders keep the metadata's indices); resumable."""
+    chosen = prompt_slice(prompts)
+    records = read_metadata(metadata)
     module = SanaFlowModule.from_checkpoint(checkpoint)
     sampler = replace(module.sampler, **{k: v for k, v in (("steps", steps), ("guidance_scale", guidance_scale)) if v})
 
-    def generate(prompts: list[str], seeds: list[int]) -> list:
-        return [to_pil(image) for image in module.generate(prompts, seeds, sampler, batch_size=batch_size)]
+    def generate(texts: list[str], seeds: list[int]) -> list:
+        return [to_pil(image) for image in module.generate(texts, seeds, sampler, batch_size=batch_size)]
 
-    return write_folder(out_dir, read_metadata(metadata), images_per_prompt, generate, batch_size, seed)
+    return write_folder(out_dir, records, images_per_prompt, generate, batch_size, seed, chosen)
 
 
 def geneval_score(
@@ -171,9 +189,11 @@ def geneval_score(
     detector_path: str | None = None,
     clip_path: str | None = None,
     out_file: str | None = None,
+    device: str = "cpu",
 ) -> dict:
-    """Score a GenEval image folder; print GenEval's summary and write per-image results + summary as JSON."""
-    results = score_folder(image_dir, make_detector(detector, detector_path, clip_path))
+    """Score a GenEval image folder with `detector` (`shapes`, `mask2former` or `transformers`, the latter two with
+    local `detector_path` and `clip_path`); print GenEval's summary and write per-image results + summary as JSON."""
+    results = score_folder(image_dir, make_detector(detector, detector_path, clip_path, device))
     summary = summarize(results)
     print(format_summary(summary))
     out = Path(out_file or Path(image_dir) / "geneval.json")
@@ -191,8 +211,19 @@ def read_prompts(path: str) -> list[dict]:
     return [{"prompt": p} for p in prompts]
 
 
-def make_judge(name: str, path: str | None, records: list[dict]):
-    """`oracle` (GenEval + the Shapes detector), `clip` or `vlm` (transformers models from `path`)."""
+def make_judge(
+    name: str,
+    path: str | None,
+    records: list[dict],
+    question: str | None = None,
+    trust_remote_code: bool = False,
+    device: str = "cpu",
+):
+    """`oracle` (GenEval + the Shapes detector), `clip` or `vlm` (transformers models from `path`; the VLM asks
+    SANA's verifier prompt unless `question` is given, and runs a custom-code verifier only with
+    `trust_remote_code`)."""
+    if question is not None and name != "vlm":
+        raise ValueError(f"--question is the vlm judge's; the {name} judge asks none")
     if name == "oracle":
         if any("tag" not in r for r in records):
             raise ValueError("the oracle judge needs GenEval metadata prompts (a metadata.jsonl), not plain text")
@@ -200,7 +231,9 @@ def make_judge(name: str, path: str | None, records: list[dict]):
     if name in ("clip", "vlm"):
         if not path:
             raise ValueError(f"the {name} judge needs judge_path: a local transformers model directory")
-        return CLIPJudge(path) if name == "clip" else VLMJudge(path)
+        if name == "clip":
+            return CLIPJudge(path, device)
+        return VLMJudge(path, question or VLMJudge.OFFICIAL_PROMPT, trust_remote_code, device)
     raise ValueError(f"unknown judge '{name}': use oracle, clip or vlm")
 
 
@@ -212,28 +245,41 @@ def scale_command(
     k: int = 1,
     judge: str = "oracle",
     judge_path: str | None = None,
+    question: str | None = None,
+    trust_remote_code: bool = False,
     selection: Selection = "tournament",
+    solver: Literal["flow_euler", "flow_dpm_solver"] | None = None,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
     batch_size: int = 32,
     seed: int = 0,
+    device: str = "cpu",
     log_dir: str = "runs/scale",
     grid_prompts: int = 8,
 ) -> dict:
     """Inference-time scaling: `num_candidates` images a prompt, judged, best `k` kept in GenEval's layout under
-    `out_dir` (+ `scores.json`); a grid of candidates with the winners framed goes to TensorBoard in `log_dir`."""
-    module = SanaFlowModule.from_checkpoint(checkpoint)
+    `out_dir` (+ `scores.json`); a grid of candidates (at most 64 a prompt, winners framed) goes to TensorBoard in
+    `log_dir`. `solver` / `steps` / `guidance_scale` override the checkpoint's sampler. The `vlm` judge asks SANA's
+    verifier prompt (`question` replaces it, with `{prompt}`); `trust_remote_code` lets a custom-code verifier such
+    as NVILA run its own code (off by default)."""
+    module = SanaFlowModule.from_checkpoint(checkpoint).to(device)
+    overrides = {"solver": solver, "steps": steps, "guidance_scale": guidance_scale}
+    sampler = replace(module.sampler, **{name: v for name, v in overrides.items() if v is not None})
     records = read_prompts(prompts)
-    chosen_judge = make_judge(judge, judge_path, records)
+    chosen_judge = make_judge(judge, judge_path, records, question, trust_remote_code, device)
 
     def generate(batch_prompts: list[str], seeds: list[int]) -> list:
-        return [to_pil(image) for image in module.generate(batch_prompts, seeds, batch_size=batch_size)]
+        return [to_pil(image) for image in module.generate(batch_prompts, seeds, sampler, batch_size=batch_size)]
 
     result = scale(out_dir, records, generate, chosen_judge, num_candidates, k, selection, batch_size, seed)
     writer = SummaryWriter(log_dir)
     for index, entry in enumerate(result["prompts"][:grid_prompts]):
-        paths = sorted((Path(out_dir) / "candidates" / f"{index:05d}" / "samples").glob("*.png"))
-        images = torch.stack([pil_to_tensor(Image.open(p).convert("RGB")) for p in paths]).float() / 255
+        winners = entry["winners"]
+        shown = sorted(winners + [i for i in range(num_candidates) if i not in winners][: max(0, 64 - len(winners))])
+        folder = Path(out_dir) / "candidates" / f"{index:05d}" / "samples"
+        images = [pil_to_tensor(Image.open(folder / f"{i:04d}.png").convert("RGB")) for i in shown]
         writer.add_image(
-            f"scale/{index:05d}", image_grid(frame(images, [i in entry["winners"] for i in range(len(paths))]))
+            f"scale/{index:05d}", image_grid(frame(torch.stack(images).float() / 255, [i in winners for i in shown]))
         )
         writer.add_text(f"scale/{index:05d}", entry["prompt"])
     writer.close()
@@ -288,7 +334,8 @@ def memory_report(
 def write_prompts(
     out_file: str, vocabulary: Literal["coco", "shapes"] = "coco", prompts_per_task: int = 100, seed: int = 0
 ) -> Path:
-    """Write GenEval-format `metadata.jsonl` prompts over COCO-80 (real models) or the Shapes vocabulary."""
+    """Write GenEval-format `metadata.jsonl` prompts over COCO-80 with GenEval's names (real models) or the Shapes
+    vocabulary."""
     classes = COCO_CLASSES if vocabulary == "coco" else SHAPES_CLASSES
     out = Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -329,7 +376,9 @@ class SanaCLI(LightningCLI):
                 "logger": {
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": "runs", "name": "sana", "default_hp_metric": False},
-                }
+                },
+                # Checkpoints written to a temporary name beside the target, fsynced, then renamed.
+                "plugins": [{"class_path": "sana_lightning.atomic.AtomicCheckpointIO"}],
             },
             save_config_kwargs={"overwrite": True},
         )
@@ -337,31 +386,80 @@ class SanaCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # One image size for data and model, also when a sweep overrides it on the command line.
         parser.link_arguments("data.init_args.image_size", "model.init_args.image_size")
+        parser.add_argument(
+            "--resume_with_checkpoint_settings",
+            type=bool,
+            default=False,
+            help="With --ckpt_path: take the checkpoint's model settings where they differ from the config "
+            "(without it, a difference is an error that lists them)",
+        )
+
+    def _parse_ckpt_path(self) -> None:
+        """`--ckpt_path last` is the newest last checkpoint of any version of the run, and a resumed run logs into
+        the version it resumes; the checkpoint's model settings replace the config's only when asked."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand or not self.config[subcommand].get("ckpt_path"):
+            return
+        args = self.config[subcommand]
+        logger = args.trainer.get("logger")
+        init = logger.get("init_args") if hasattr(logger, "get") else None
+        runs_root = Path(init.save_dir, init.name) if init is not None and init.get("save_dir") else None
+        if args.ckpt_path == "last":
+            if runs_root is None:
+                raise ValueError("--ckpt_path last needs the default TensorBoard logger (or one with save_dir, name)")
+            args.ckpt_path = find_last_checkpoint(runs_root)
+        elif args.ckpt_path not in ("best", "hpc", "registry") and not Path(args.ckpt_path).exists():
+            raise FileNotFoundError(f"--ckpt_path '{args.ckpt_path}' not found: give a checkpoint of this run, or last")
+        if runs_root is not None and init.get("version") is None:
+            init.version = run_version(args.ckpt_path, runs_root)
+        if args.resume_with_checkpoint_settings:
+            configured = args.model.as_dict()
+            super()._parse_ckpt_path()
+            if taken := settings_differences(self.config[subcommand].model.as_dict(), configured, prefix="model."):
+                print(f"taking the checkpoint's settings: {'; '.join(taken)}".replace("config ", "instead of "))
+
+    def _check_checkpoint_settings(self) -> None:
+        """The model a checkpoint resumes (or is evaluated) into must be configured as the one that saved it."""
+        path = self.config[self.subcommand].get("ckpt_path")
+        if not path or not Path(path).exists():
+            return
+        own = {k: v for k, v in self.model.hparams.items() if not k.startswith("_")}
+        saved = {k: v for k, v in checkpoint_hparams(path).items() if not k.startswith("_")}
+        differences = settings_differences(saved, own)
+        if not self.config[self.subcommand].get("resume_with_checkpoint_settings") and self.subcommand == "fit":
+            lr = self.model.optimizer_factory([torch.nn.Parameter(torch.zeros(1))]).defaults["lr"]
+            scales = [group.get("lr_scale", 1.0) for group in self.model.parameter_groups()]
+            differences += learning_rate_differences(path, [lr * scale for scale in scales])
+        if differences:
+            raise ValueError(
+                f"--ckpt_path '{path}' was trained with other settings ({'; '.join(differences)}): resume with "
+                "the config it was trained with (config.yaml in its run folder), or add "
+                "--resume_with_checkpoint_settings true to take the checkpoint's settings"
+            )
+
+    before_fit = before_validate = before_test = before_predict = _check_checkpoint_settings
 
 
 def main(args: list[str] | None = None) -> None:
-    args = sys.argv[1:] if args is None else args
-    if args and args[0] in COMMANDS:
-        CLI(COMMANDS, args=args)
+    argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] in COMMANDS:
+        CLI(COMMANDS, args=argv)
         return
-    if args[:1] in (["-h"], ["--help"]):
+    if argv[:1] in (["-h"], ["--help"]):
         print(f"data commands: {', '.join(COMMANDS)} (each takes --help)\n")
-    SanaCLI(args=args)
+    SanaCLI(args=args)  # None: LightningCLI reads the command line itself
 
 
 def run() -> None:
-    """`main` for people: a bad input (missing file, impossible size, malformed data, unknown option) prints its
-    one-line error, the innermost of a chain, instead of a traceback; SANA_LIGHTNING_DEBUG=1 shows the traceback."""
+    """`main` for people: any error prints one line, the outermost message naming a file or option, and exits
+    non-zero instead of showing a traceback; SANA_LIGHTNING_DEBUG=1 shows the traceback."""
     try:
+        check_config_files(sys.argv[1:])
         main()
-    except (FileNotFoundError, ValueError, ArgumentError) as error:
-        if os.environ.get("SANA_LIGHTNING_DEBUG"):
+    except Exception as error:
+        if os.environ.get("SANA_LIGHTNING_DEBUG", "") not in ("", "0"):
             raise
-        chain = [error]
-        while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None:
-            chain.append(cause)
-        user_errors = (FileNotFoundError, ValueError, ArgumentError)
-        sys.exit(f"error: {next(e for e in reversed(chain) if isinstance(e, user_errors))}")
+        sys.exit(f"error: {error_line(error)}")
 
 
 if __name__ == "__main__":

@@ -1,24 +1,42 @@
 """Depth growth of a trained `SanaTransformer2DModel` (SANA 1.5, section 2.1), as pure functions.
 
-Strategies for growing N source blocks into M target blocks:
-- `partial_preservation` (SANA 1.5): keep the first N - k source blocks (k = `drop_last`, 2 in the paper) and append
-  new blocks whose output projections are zero, so each new block is the identity at initialisation;
-- `cyclic`: block i copies source block i mod N (copies past the first N zeroed when `zero_new`);
-- `block_expand`: each source block repeated r = M / N times in place, copies after the first zeroed;
-- `stack` (G_stack): the whole source stack repeated r = M / N times, nothing zeroed.
-Everything outside the blocks (patch/time/caption embeddings, output head) is copied. A source without QK RMSNorm
-grows into a target with it (norm weights start at one).
+Growth changes depth only: the grown model copies every config key of the source except `num_layers` and `qk_norm`.
+Strategies for growing N source blocks into M target blocks (a "copy" is a target block that repeats a source block
+already used; "fresh" blocks copy nothing):
+- `partial_preservation` (SANA 1.5, the official code's `constant`): keep the first N - k source blocks
+  (k = `drop_last`, 2 in the paper), then M - (N - k) fresh blocks;
+- `cyclic`: block i copies source block i mod N;
+- `progressive`: the N source blocks, then M - N copies of the last one;
+- `interpolation`: block i copies source block floor(i N / M), so each source block is followed by its copies and
+  depth is stretched evenly (M need not be a multiple of N);
+- `block_expand`: `interpolation` with M a multiple of N (each block repeated M / N times in place);
+- `stack` (G_stack): the whole source stack repeated M / N times, nothing zeroed;
+- `random`: the N source blocks, then M - N fresh blocks that are never zeroed (our reading of the official
+  `random`: the baseline whose new blocks start random, not as the identity).
+With `zero_new`, fresh blocks and copies get zeroed output projections, so each is the identity and the grown model
+starts as the source (as the kept blocks compose); `zero_gate` also zeroes their `scale_shift_table` (the official
+zero-gate option). Fresh blocks start from `init` (`blocks.official_init` or diffusers' default). Everything outside
+the blocks (patch/time/caption embeddings, output head) is copied.
+
+A source without QK RMSNorm can grow into a target with it (norm weights start at one), but its blocks then compute
+something else, so growth is not the identity: SANA first fine-tunes the source with QK norm (their
+`Sana_1600M_1024px_allqknorm`, `configs/qknorm_1.6b.yaml`: this function with M = N, `drop_last` 0), then grows.
+`grow` logs that difference in one warning line.
 """
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from diffusers import SanaTransformer2DModel
 
-from sana_lightning.blocks import zero_block_outputs
+from sana_lightning.blocks import official_init, zero_block_outputs
 
-Strategy = Literal["partial_preservation", "cyclic", "block_expand", "stack"]
+log = logging.getLogger(__name__)
+
+Strategy = Literal["partial_preservation", "cyclic", "progressive", "interpolation", "block_expand", "stack", "random"]
+Init = Literal["official", "diffusers"]
 
 
 @dataclass
@@ -31,51 +49,79 @@ class GrowthConfig:
     drop_last: int = 2
     """partial_preservation: source blocks dropped from the end before growing (k)."""
     zero_new: bool = True
-    """cyclic: zero the output projections of the copied blocks, so the grown model starts as the source."""
+    """Zero the output projections of fresh blocks and copies, so the grown model starts as the source (not for
+    `stack` and `random`, which never zero)."""
+    zero_gate: bool = False
+    """Also zero those blocks' `scale_shift_table` (the official zero-gate option)."""
+    init: Init = "official"
+    """Fresh blocks: `official` (SANA's growth init, `blocks.official_init`) or `diffusers` (its default init)."""
     qk_norm: str | None = "rms_norm_across_heads"
     """QK normalisation of the grown model (SANA 1.5 adds RMSNorm on queries and keys for stability)."""
 
 
 def block_plan(num_source: int, config: GrowthConfig) -> list[tuple[int | None, bool]]:
     """For each target block: (source block it copies or None for a fresh block, whether its outputs are zeroed)."""
-    m, n = config.target_layers, num_source
-    if config.strategy == "partial_preservation":
+    m, n, zero = config.target_layers, num_source, config.zero_new
+    strategy = config.strategy
+    if strategy == "partial_preservation":
         kept = n - config.drop_last
         if not 0 <= config.drop_last < n:
             raise ValueError(f"drop_last={config.drop_last} must be in [0, {n - 1}] for a {n}-block source")
         if m < kept:
             raise ValueError(f"target_layers={m} is smaller than the {kept} preserved blocks: grow, do not shrink")
-        return [(i, False) for i in range(kept)] + [(None, True)] * (m - kept)
-    if config.strategy == "cyclic":
-        if m < n:
-            raise ValueError(f"target_layers={m} is smaller than the source's {n} blocks")
-        return [(i % n, i >= n and config.zero_new) for i in range(m)]
-    if config.strategy in ("block_expand", "stack"):
-        if m % n:
-            raise ValueError(f"{config.strategy} needs target_layers a multiple of the source's {n} blocks, got {m}")
-        r = m // n
-        if config.strategy == "block_expand":
-            return [(i, copy > 0) for i in range(n) for copy in range(r)]
-        return [(i, False) for _ in range(r) for i in range(n)]
-    raise ValueError(f"unknown growth strategy '{config.strategy}': use {', '.join(Strategy.__args__)}")
+        return [(i, False) for i in range(kept)] + [(None, zero)] * (m - kept)
+    if strategy not in Strategy.__args__:
+        raise ValueError(f"unknown growth strategy '{strategy}': use {', '.join(Strategy.__args__)}")
+    if strategy in ("block_expand", "stack") and m % n:
+        raise ValueError(f"{strategy} needs target_layers a multiple of the source's {n} blocks, got {m}")
+    if m < n:
+        raise ValueError(f"target_layers={m} is smaller than the source's {n} blocks: grow, do not shrink")
+    if strategy == "cyclic":
+        return [(i % n, i >= n and zero) for i in range(m)]
+    if strategy == "stack":
+        return [(i % n, False) for i in range(m)]
+    if strategy == "progressive":
+        return [(i, False) for i in range(n)] + [(n - 1, zero)] * (m - n)
+    if strategy == "random":
+        return [(i, False) for i in range(n)] + [(None, False)] * (m - n)
+    origins = [i * n // m for i in range(m)]  # interpolation, block_expand
+    return [(o, i > 0 and o == origins[i - 1] and zero) for i, o in enumerate(origins)]
 
 
-def grow(source: SanaTransformer2DModel, config: GrowthConfig) -> tuple[SanaTransformer2DModel, list[int | None]]:
-    """The grown model and, per target block, the source block it started from (None: a fresh identity block).
+def preserves_source(plan: list[tuple[int | None, bool]], num_source: int) -> bool:
+    """Whether the grown model computes the source's function at init: its non-zeroed blocks are the source's, in
+    order (QK norm aside)."""
+    return [origin for origin, zeroed in plan if not zeroed] == list(range(num_source))
 
-    Fresh blocks keep diffusers' random initialisation except their zeroed output projections.
-    """
-    if source.config.qk_norm is not None and config.qk_norm is None:
-        raise ValueError(
-            f"the source uses qk_norm={source.config.qk_norm!r} and the target none: growing cannot remove "
-            "QK normalisation; set growth.qk_norm to the source's"
-        )
-    plan = block_plan(len(source.transformer_blocks), config)
-    target_config = {**source.config, "num_layers": config.target_layers, "qk_norm": config.qk_norm}
+
+def max_output_difference(a: SanaTransformer2DModel, b: SanaTransformer2DModel, seed: int = 0) -> float:
+    """Max abs difference of two models' outputs on a fixed random probe (2 samples of 4x4 patches, 8 caption
+    tokens, timesteps 250 and 900), run on `a`'s device and dtype."""
+    parameter = next(a.parameters())
+    generator = torch.Generator().manual_seed(seed)
+    side = 4 * a.config.patch_size
+    x = torch.randn(2, a.config.in_channels, side, side, generator=generator)
+    text = torch.randn(2, 8, a.config.caption_channels, generator=generator)
+    inputs = dict(
+        hidden_states=x.to(parameter),
+        encoder_hidden_states=text.to(parameter),
+        encoder_attention_mask=torch.ones(2, 8, device=parameter.device),
+        timestep=torch.tensor([250.0, 900.0], device=parameter.device),
+    )
+    with torch.no_grad():
+        return (a(**inputs).sample.float() - b(**inputs).sample.float()).abs().max().item()
+
+
+def _build(
+    source: SanaTransformer2DModel, plan: list[tuple[int | None, bool]], config: GrowthConfig
+) -> SanaTransformer2DModel:
+    target_config = {**source.config, "num_layers": len(plan), "qk_norm": config.qk_norm}
     target_config = {k: v for k, v in target_config.items() if not k.startswith("_")}
-    device = next(source.parameters()).device
-    with torch.device(device):
-        target = SanaTransformer2DModel(**target_config).to(next(source.parameters()).dtype)
+    parameter = next(source.parameters())
+    with torch.device(parameter.device):
+        target = SanaTransformer2DModel(**target_config)
+    if parameter.dtype != torch.float32:
+        target = target.to(parameter.dtype)
     outside = {k: v for k, v in source.state_dict().items() if not k.startswith("transformer_blocks.")}
     target.load_state_dict(outside, strict=False)
     for block, (origin, zeroed) in zip(target.transformer_blocks, plan):
@@ -83,6 +129,42 @@ def grow(source: SanaTransformer2DModel, config: GrowthConfig) -> tuple[SanaTran
             # Missing keys are only the new QK-norm weights, which stay at one.
             missing, unexpected = block.load_state_dict(source.transformer_blocks[origin].state_dict(), strict=False)
             assert not unexpected and all(".norm_" in k for k in missing), (missing, unexpected)
+        elif config.init == "official":
+            official_init(block)
         if zeroed:
-            zero_block_outputs(block)
+            zero_block_outputs(block, gate=config.zero_gate)
+    return target
+
+
+def grow(source: SanaTransformer2DModel, config: GrowthConfig) -> tuple[SanaTransformer2DModel, list[int | None]]:
+    """The grown model and, per target block, the source block it started from (None: a fresh block).
+
+    When the source lacks the target's QK norm, logs one warning line with the measured max abs output difference
+    between the source and its blocks with QK norm added (the grown model itself when it preserves the source).
+    """
+    n = len(source.transformer_blocks)
+    if source.config.qk_norm not in (None, config.qk_norm):
+        raise ValueError(
+            f"the source uses qk_norm={source.config.qk_norm!r} and the target {config.qk_norm!r}: growing cannot "
+            "remove or change QK normalisation; set growth.qk_norm to the source's"
+        )
+    if config.init not in Init.__args__:
+        raise ValueError(f"unknown growth init '{config.init}': use {', '.join(Init.__args__)}")
+    plan = block_plan(n, config)
+    target = _build(source, plan, config)
+    if source.config.qk_norm is None and config.qk_norm is not None:
+        identity = [(i, False) for i in range(n)]
+        reference = target if preserves_source(plan, n) else _build(source, identity, config)
+        difference = max_output_difference(source, reference)
+        if plan == identity:
+            log.warning(
+                f"adding qk_norm={config.qk_norm!r} changes the source's output by {difference:.3g} (max abs, random "
+                "probe): fine-tune it with QK norm (stage 1, configs/qknorm_1.6b.yaml) before growing"
+            )
+        else:
+            log.warning(
+                f"the source has no QK norm: with qk_norm={config.qk_norm!r} its blocks' output differs by "
+                f"{difference:.3g} (max abs, random probe), so growth is not identity at init; fine-tune the source "
+                "with QK norm first (configs/qknorm_1.6b.yaml), then grow from that"
+            )
     return target, [origin for origin, _ in plan]

@@ -9,25 +9,20 @@ from sana_lightning.growth import GrowthConfig, grow
 from sana_lightning.module import SanaFlowModule, _config
 from sana_lightning.presets import preset_config
 
-# Widths a grown model inherits from its source: they must match the target preset.
-WIDTH_KEYS = (
-    "num_attention_heads",
-    "attention_head_dim",
-    "num_cross_attention_heads",
-    "cross_attention_head_dim",
-    "cross_attention_dim",
-    "mlp_ratio",
-    "patch_size",
-)
+# Set by growth (`target_layers`, `qk_norm`) or by the data (`sample_size`), never taken from the source.
+GROWN_KEYS = ("num_layers", "qk_norm", "sample_size")
 
 
 class GrowthModule(SanaFlowModule):
     """`SanaFlowModule` whose transformer is `source` grown by `growth` instead of a random preset.
 
     `source` is a sana-lightning checkpoint (a glob picks the newest match), a consolidated FSDP checkpoint or a
-    diffusers directory; `source_weights` picks its EMA (default) or raw weights. The target preset (and its
-    overrides) must have the source's widths. `preserved_lr_scale` multiplies the learning rate of blocks that came
-    from the source. Per-block update norms are logged every `log_block_norms_every_n_steps`.
+    diffusers directory; `source_weights` picks its EMA (default) or raw weights. Growth changes depth only: the
+    target's widths are the source's, so `preset` (and `transformer` overrides) are optional and, when given, only
+    checked once against the source. `growth.target_layers` equal to the source's depth with `drop_last: 0` adds QK
+    norm to a source without it (SANA's QK-norm adaptation, stage 1 of the 1.6B -> 4.8B recipe).
+    `preserved_lr_scale` multiplies the learning rate of blocks that came from the source. Per-block update norms
+    are logged every `log_block_norms_every_n_steps`.
     """
 
     def __init__(
@@ -37,19 +32,26 @@ class GrowthModule(SanaFlowModule):
         source_weights: str = "ema",
         preserved_lr_scale: float = 1.0,
         log_block_norms_every_n_steps: int = 50,
+        preset: str | None = None,
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(preset=preset, **kwargs)
 
-    def _build_transformer(self, preset: str, overrides: dict, pretrained: str | None) -> SanaTransformer2DModel:
+    def _build_transformer(self, preset: str | None, overrides: dict, pretrained: str | None) -> SanaTransformer2DModel:
         source = load_checkpoint_transformer(self.hparams.source, self.hparams.source_weights)
-        target = preset_config(preset, **{k: v for k, v in overrides.items() if k != "sample_size"})
-        for key in WIDTH_KEYS:
-            if source.config[key] != target[key]:
-                raise ValueError(
-                    f"source has {key}={source.config[key]} but the target ({preset}) has {key}={target[key]}"
-                )
         self._check_io(source, f"source '{self.hparams.source}'")
+        expected = preset_config(preset, **overrides) if preset else overrides
+        ignored = (*GROWN_KEYS, *self._io_channels())  # the codecs' widths are checked by _check_io
+        conflicts = [
+            f"{k}={source.config.get(k)} (target {v})"
+            for k, v in expected.items()
+            if k not in ignored and source.config.get(k) != v
+        ]
+        if conflicts:
+            raise ValueError(
+                f"growth takes the target's widths from the source, which differs from preset={preset!r} / "
+                f"transformer overrides in {', '.join(conflicts)}: drop them from the growth config"
+            )
         grown, origins = grow(source, _config(GrowthConfig, self.hparams.growth))
         self.block_origins = origins
         self.block_labels = ["new" if o is None else f"src{o}" for o in origins]

@@ -9,9 +9,11 @@ import lightning as L
 import torch
 from diffusers import SanaTransformer2DModel
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch.distributed.tensor import DTensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from sana_lightning.autoencoder import load_autoencoder
+from sana_lightning.callbacks.preemption import PreemptionCheckpoint
 from sana_lightning.checkpoints import load_checkpoint_transformer
 from sana_lightning.flow import (
     FlowConfig,
@@ -23,6 +25,7 @@ from sana_lightning.flow import (
 )
 from sana_lightning.presets import build_transformer
 from sana_lightning.pruning import CalibrationBatch
+from sana_lightning.resume import repair_epoch_end_checkpoint
 from sana_lightning.sampling import SamplerConfig, denoise, initial_noise, make_scheduler
 from sana_lightning.sharding import ShardingConfig, is_sharded, shard_transformer
 from sana_lightning.text_encoder import TextEncoder
@@ -51,6 +54,11 @@ class AutoencoderConfig:
     subfolder: str | None = None
 
 
+def _finite(value: torch.Tensor) -> bool:
+    local = value.to_local() if isinstance(value, DTensor) else value
+    return bool(torch.isfinite(local).all())
+
+
 def _config(cls, value):
     """A config dataclass from itself, a dict (as stored in checkpoints) or None (defaults)."""
     return cls(**value) if isinstance(value, dict) else value or cls()
@@ -65,6 +73,10 @@ def _restore_frozen(module: "SanaFlowModule", state_dict: dict, prefix: str, *ar
     for name in module.frozen_prefixes:
         if (part := getattr(module, name.rstrip("."))) is not None:
             state_dict.update(part.state_dict(prefix=prefix + name))
+
+
+class NonFiniteError(RuntimeError):
+    """Training met a NaN/Inf loss, gradient norm or weight; nothing non-finite was stepped into or saved."""
 
 
 def _adamw(params) -> torch.optim.Optimizer:
@@ -170,13 +182,17 @@ class SanaFlowModule(L.LightningModule):
         timestep = timesteps_from_sigmas(sigmas).to(latents) * transformer.config.timestep_scale
         return transformer(latents, encoder_hidden_states=embeds, encoder_attention_mask=mask, timestep=timestep).sample
 
-    def encode_batch(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        """Clean latents and caption embeddings of a batch, with captions dropped for classifier-free guidance.
+    def encode_batch(
+        self, batch: dict, generator: torch.Generator, caption_dropout: float | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """Clean latents and caption embeddings of a batch, with captions dropped for classifier-free guidance
+        (with probability `caption_dropout`, by default the configured one).
 
         Precomputed `latent` / `text_embeds` + `text_mask` (from the `precompute` command) are used as they are:
         the autoencoder and text encoder then only embed the empty caption of dropped samples."""
         captions = batch["caption"]
-        drop = caption_drop_mask(len(captions), self.hparams.caption_dropout, generator)
+        dropout = self.hparams.caption_dropout if caption_dropout is None else caption_dropout
+        drop = caption_drop_mask(len(captions), dropout, generator)
         if "text_embeds" in batch:
             embeds, mask = self._check_features(batch["text_embeds"], batch["text_mask"])
             null_embeds, null_mask = self.text_encoder([""])
@@ -225,15 +241,71 @@ class SanaFlowModule(L.LightningModule):
         return flow_loss(prediction, inputs["x0"], inputs["noise"])
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.flow_step(batch, self.noise_generator(self.global_rank, self.current_epoch, batch_idx))
+        # The stream's own (epoch, index) of the batch keys its noise, so a resumed run draws the same noise.
+        epoch, index = batch.get("position", (self.current_epoch, batch_idx))
+        loss = self.flow_step(batch, self.noise_generator(self.global_rank, epoch, index))
+        self._last_step = {"loss": loss.detach(), "keys": batch.get("key")}
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
         if batch.get("skipped"):
             self.skipped_samples += int(batch["skipped"])
             self.log("data/skipped_samples", float(self.skipped_samples), reduce_fx="sum", sync_dist=True)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self.ema is not None and self.ema.n_averaged.item() < self.global_step:  # once per optimizer step
+    # --------------------------------------------------------------------------------------- non-finite guard
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Stop before the update when the loss or the gradient norm is NaN/Inf (the weights stay the last good)."""
+        self._grad_norm = self._gradient_norm()
+        norm = self._grad_norm.full_tensor() if isinstance(self._grad_norm, DTensor) else self._grad_norm
+        self.log("train/grad_norm", norm.detach(), batch_size=1)
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return  # fp16 loss scaling skips non-finite steps itself
+        if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(norm)), all=True):
+            last = getattr(self, "_last_step", {})
+            loss, keys = last.get("loss", torch.tensor(float("nan"))), last.get("keys") or []
+            shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+            good = self._last_good_checkpoint()
+            restart = (
+                f"last good checkpoint: {good}; start a run from its weights with a lower learning rate "
+                f"(--model.init_args.pretrained={good}) or check those samples"
+                if good
+                else "no checkpoint was written yet; lower the learning rate or check those samples"
+            )
+            raise NonFiniteError(
+                f"non-finite training at step {self.global_step + 1}: loss {loss.item():.4g}, gradient norm "
+                f"{norm.item():.4g} (batch: {shown or 'no keys'}); stopped before the update, nothing saved; {restart}"
+            )
+
+    def _gradient_norm(self) -> torch.Tensor:
+        """The norm of the full gradient, also when the backbone is sharded."""
+        model = self.trainer.model
+        if hasattr(model, "clip_grad_norm_"):  # FSDPStrategy wraps the module in FullyShardedDataParallel
+            return model.clip_grad_norm_(float("inf"))
+        return torch.nn.utils.get_total_norm([p.grad for p in self.transformer.parameters() if p.grad is not None])
+
+    def _last_good_checkpoint(self) -> str:
+        paths = [
+            path
+            for callback in self.trainer.checkpoint_callbacks
+            for path in (getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", ""))
+            if path and Path(path).exists()
+        ]
+        paths += [self.trainer.ckpt_path] if self.trainer.ckpt_path else []
+        return max(paths, key=lambda p: Path(p).stat().st_mtime) if paths else None
+
+    def _check_finite_weights(self) -> None:
+        bad = [name for name, value in self.state_dict().items() if value.is_floating_point() and not _finite(value)]
+        if not self.trainer.strategy.reduce_boolean_decision(not bad, all=True):
+            good = self._last_good_checkpoint() or "none"
+            raise NonFiniteError(
+                f"refusing to save a checkpoint at step {self.global_step}: non-finite weights ("
+                f"{', '.join(bad[:3]) or 'on another rank'}); last good checkpoint: {good}"
+            )
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """The optimizer step, then the EMA update: both are in any checkpoint written after the step."""
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
             self.ema.update_parameters(self.transformer)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -258,10 +330,11 @@ class SanaFlowModule(L.LightningModule):
             self.log(f"{stage}/{name}", loss, prog_bar=name == "loss", sync_dist=True, batch_size=size)
 
     def calibration_batch(self, batch: dict, seed: int = 0) -> CalibrationBatch:
-        """Fixed inputs for block-importance statistics: clean latents and embeddings of `batch`, seeded noise."""
+        """Fixed inputs for block-importance statistics: clean latents and embeddings of `batch` (raw or
+        precomputed shards, no caption dropout), seeded noise."""
+        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         with torch.no_grad():
-            x0 = self.autoencoder.encode(batch["image"].to(self.device))
-            embeds, mask = self.text_encoder(batch["caption"])
+            x0, embeds, mask = self.encode_batch(batch, torch.Generator().manual_seed(seed), caption_dropout=0.0)
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0)
         return CalibrationBatch(x0, embeds, mask, noise)
 
@@ -287,7 +360,8 @@ class SanaFlowModule(L.LightningModule):
             shard_transformer(self.ema.module, mesh, replace(self.sharding, activation_checkpointing=False))
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Norm clipping over the (possibly sharded) backbone: the norm is that of the full gradient."""
+        """Norm clipping over the (possibly sharded) backbone with the full gradient's norm (measured once, by the
+        non-finite guard)."""
         if not gradient_clip_val:
             return
         if gradient_clip_algorithm not in (None, "norm"):
@@ -296,7 +370,8 @@ class SanaFlowModule(L.LightningModule):
         if hasattr(model, "clip_grad_norm_"):  # FSDPStrategy wraps the module in FullyShardedDataParallel
             model.clip_grad_norm_(gradient_clip_val)
         else:
-            torch.nn.utils.clip_grad_norm_(self.transformer.parameters(), gradient_clip_val)
+            grads = [p for p in self.transformer.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grads_with_norm_(grads, gradient_clip_val, self._grad_norm)
 
     def parameter_groups(self) -> list[dict]:
         """Optimizer parameter groups; a group's `lr_scale` multiplies the configured learning rate."""
@@ -313,8 +388,19 @@ class SanaFlowModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------------ checkpoints
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        """A checkpoint at the next step boundary on SIGTERM / SIGUSR1 (preemption), in every run."""
+        return [PreemptionCheckpoint()]
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._trainer is not None:
+            self._check_finite_weights()
         checkpoint["transformer_config"] = dict(self.transformer.config)  # rebuilds it without this code's presets
+        checkpoint["skipped_samples"] = self.skipped_samples
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.skipped_samples = checkpoint.get("skipped_samples", 0)
+        repair_epoch_end_checkpoint(checkpoint)
 
     # ------------------------------------------------------------------------------------------------- sampling
 
@@ -327,14 +413,14 @@ class SanaFlowModule(L.LightningModule):
         its transformer (EMA weights by default) and the encoders it was trained with. A diffusers directory (an
         exported model or a Sana pipeline) takes these settings from the `sana_lightning.json` that `export` writes
         or from `settings` (e.g. `text_encoder={"path": ...}`, `autoencoder=...`, `image_size=...`)."""
-        from sana_lightning.checkpoints import resolve_path
+        from sana_lightning.checkpoints import read_checkpoint, resolve_path
 
         path = resolve_path(path)
         if Path(path).is_dir():
             saved = Path(path, "sana_lightning.json")
             hparams = json.loads(saved.read_text()) if saved.exists() else {}
         else:
-            hparams = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]
+            hparams = read_checkpoint(path)["hyper_parameters"]
         hparams |= {k: v for k, v in settings.items() if v is not None}
         chosen = {k: hparams[k] for k in SanaFlowModule.SETTINGS if k in hparams}
         module = SanaFlowModule(pretrained=path, ema_decay=None, **chosen)  # EMA weights

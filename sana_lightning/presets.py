@@ -6,6 +6,8 @@ from typing import Any
 import torch
 from diffusers import SanaTransformer2DModel
 
+from sana_lightning.local_paths import local_model_dir
+
 _SANA_WIDTH_2240 = dict(
     num_attention_heads=70,
     attention_head_dim=32,
@@ -78,11 +80,10 @@ def build_transformer(
 
 def load_transformer(path: str) -> SanaTransformer2DModel:
     """A `SanaTransformer2DModel` from a local diffusers directory: the model itself or a pipeline's `transformer/`."""
-    root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"transformer path '{path}' does not exist: give a local diffusers SanaTransformer2DModel directory "
-            "(or a Sana pipeline directory holding transformer/)"
-        )
-    subfolder = "transformer" if (root / "transformer" / "config.json").exists() else None
+    local_model_dir(
+        path,
+        "transformer path",
+        "give a local diffusers SanaTransformer2DModel directory (or a Sana pipeline directory holding transformer/)",
+    )
+    subfolder = "transformer" if Path(path, "transformer", "config.json").exists() else None
     return SanaTransformer2DModel.from_pretrained(path, subfolder=subfolder)

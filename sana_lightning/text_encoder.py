@@ -1,11 +1,12 @@
 """Frozen text encoder: any transformers encoder from a local path, MiniLM by default, cached per caption."""
 
 from collections import OrderedDict
-from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
+
+from sana_lightning.local_paths import local_model_dir
 
 
 def embedded_text_encoder_path() -> str:
@@ -33,11 +34,12 @@ class TextEncoder(nn.Module):
     ) -> None:
         super().__init__()
         path = path or embedded_text_encoder_path()
-        if not Path(path).is_dir():
-            raise FileNotFoundError(
-                f"text encoder path '{path}' does not exist: set text_encoder.path to a local transformers model "
-                "directory (e.g. a downloaded google/gemma-2-2b-it), or leave it empty for the embedded MiniLM"
-            )
+        local_model_dir(
+            path,
+            "text encoder path",
+            "set text_encoder.path to a local transformers model directory (e.g. a downloaded google/gemma-2-2b-it), "
+            "or leave it empty for the embedded MiniLM",
+        )
         self.path = path
         self.max_length = max_length
         self.complex_human_instruction = complex_human_instruction
@@ -74,7 +76,11 @@ class TextEncoder(nn.Module):
     def forward(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings `[B, max_length, hidden_size]` (float32) and mask `[B, max_length]` on the encoder's device."""
         missing = list(dict.fromkeys(c for c in captions if c not in self._cache))
-        fresh = dict(zip(missing, zip(*self._encode(missing)))) if missing else {}
+        # With a cache, misses are encoded one at a time: an embedding's last bits depend on how many captions share
+        # the forward, so a cached one must not depend on which captions a run happened to meet it with (a resumed
+        # run must get the same bits as an uninterrupted one). Without a cache, a batch is encoded as it is.
+        chunks = [[caption] for caption in missing] if self.cache_size else [missing] * bool(missing)
+        fresh = {c: row for chunk in chunks for c, row in zip(chunk, zip(*self._encode(chunk)))}
         rows = [fresh[c] if c in fresh else self._cache[c] for c in captions]
         for caption in captions:
             if caption in self._cache:

@@ -4,6 +4,7 @@ import string
 import lightning as L
 import pytest
 import torch
+from tiny_models import save_tiny_detr, save_tiny_llava
 
 from sana_lightning.data.datamodule import ShardDataModule
 from sana_lightning.data.shapes import write_shapes_dataset
@@ -64,33 +65,10 @@ def tiny_detector_and_clip(tmp_path_factory):
         CLIPModel,
         CLIPProcessor,
         CLIPTokenizer,
-        DetrConfig,
-        DetrForObjectDetection,
-        DetrImageProcessor,
-        ResNetConfig,
     )
 
     root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    labels = {0: "circle", 1: "square", 2: "triangle"}
-    backbone = ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1], out_features=["stage4"])
-    detr = DetrConfig(
-        use_timm_backbone=False,
-        use_pretrained_backbone=False,
-        backbone_config=backbone,
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=16,
-        decoder_ffn_dim=16,
-        num_queries=8,
-        id2label=labels,
-        label2id={v: k for k, v in labels.items()},
-    )
-    DetrForObjectDetection(detr).save_pretrained(root / "detr")
-    DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}).save_pretrained(root / "detr")
+    save_tiny_detr(root / "detr", {0: "circle", 1: "square", 2: "triangle"})
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for ch in string.ascii_lowercase + "-":
         vocab[ch], vocab[ch + "</w>"] = len(vocab), len(vocab) + 1
@@ -119,57 +97,13 @@ def tiny_detector_and_clip(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_vlm(tmp_path_factory):
     """A randomly initialised tiny Llava (CLIP vision + Llama text) with processor and chat template, saved."""
-    from transformers import (
-        AutoTokenizer,
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+    from transformers import AutoTokenizer
 
     from sana_lightning.text_encoder import embedded_text_encoder_path
 
-    path = tmp_path_factory.mktemp("vlm")
     tokenizer = AutoTokenizer.from_pretrained(embedded_text_encoder_path())
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    template = (
-        "{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}"
-        "{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}{% if add_generation_prompt %} answer:{% endif %}"
-    )
-    vision = CLIPVisionConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
-    )
-    torch.manual_seed(0)
-    LlavaForConditionalGeneration(config).save_pretrained(path)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=8,
-        vision_feature_select_strategy="default",
-        chat_template=template,
-        image_token="<image>",
-        num_additional_image_tokens=1,
-    ).save_pretrained(path)
-    return path
+    return save_tiny_llava(tmp_path_factory.mktemp("vlm"), tokenizer)
 
 
 @pytest.fixture(autouse=True)

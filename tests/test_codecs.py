@@ -41,15 +41,22 @@ def test_embedded_minilm_pads_masks_and_matches_the_raw_model():
     torch.testing.assert_close(embeds[0, :n], raw[0], atol=1e-5, rtol=1e-5)
 
 
-def test_captions_are_encoded_once_then_cached(monkeypatch):
+def test_captions_are_encoded_once_then_cached_bit_identically_whatever_their_batch(monkeypatch):
+    """A cached embedding must not depend on the captions it was first met with (exact resume depends on it), so
+    misses are encoded one at a time; without a cache a batch is encoded in one forward."""
     encoder = TextEncoder(max_length=8)
     seen = []
     original = encoder._encode
     monkeypatch.setattr(encoder, "_encode", lambda captions: seen.append(list(captions)) or original(captions))
     first, _ = encoder(["a", "b", "a"])
     second, _ = encoder(["b", "c"])
-    assert seen == [["a", "b"], ["c"]]
-    torch.testing.assert_close(first[1], second[0])
+    assert seen == [["a"], ["b"], ["c"]]
+    assert torch.equal(first[1], second[0])
+    assert torch.equal(TextEncoder(max_length=8)(["c", "d", "e"])[0][0], second[1])
+    uncached = TextEncoder(max_length=8, cache_size=0)
+    monkeypatch.setattr(uncached, "_encode", lambda captions: seen.append(list(captions)) or original(captions))
+    uncached(["a", "b", "a"])
+    assert seen[-1] == ["a", "b"]
 
 
 def test_cache_is_bounded_least_recently_used_first():

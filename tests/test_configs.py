@@ -12,8 +12,10 @@ from sana_lightning.presets import build_transformer
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 OVERLAYS = {"tiny.yaml", "came8bit.yaml", "fsdp2.yaml", "precomputed.yaml"}  # partial configs, stacked on base.yaml
-COMMAND_CONFIGS = {"prune.yaml": "prune"}  # configs of data/model commands rather than of `fit`
-GPU_CONFIGS = {"fsdp.yaml", "grow_4.8b.yaml"}  # need GPUs and local production models: parsed, not instantiated
+# Configs of data/model commands rather than of `fit`.
+COMMAND_CONFIGS = {"prune.yaml": "prune", "scale.yaml": "scale", "scale_paper.yaml": "scale"}
+# Need GPUs and local production models: parsed, not instantiated.
+GPU_CONFIGS = {"fsdp.yaml", "grow_4.8b.yaml", "qknorm_1.6b.yaml"}
 
 
 class ParseOnly(SanaCLI):
@@ -47,7 +49,8 @@ def test_every_config_parses_against_the_code(config, small_source, small_diffus
         parser = ArgumentParser()
         parser.add_argument("--config", action=ActionConfigFile)
         parser.add_function_arguments(COMMANDS[COMMAND_CONFIGS[config.name]])
-        assert parser.parse_args(["--config", str(config)]).target_depth > 0
+        parsed = parser.parse_args(["--config", str(config)])
+        assert parsed.checkpoint and parsed.out_dir  # the command's required arguments come from the config
         return
     stacked = config.name in OVERLAYS or config.parent.name == "strategy"
     args = ["--config", str(CONFIGS / "base.yaml")] * stacked + ["--config", str(config)]

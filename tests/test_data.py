@@ -72,7 +72,7 @@ def test_stream_gives_exactly_batches_per_epoch_and_is_seeded_by_epoch(shapes_di
     again = list(stream(urls))
     assert all(torch.equal(a["image"], b["image"]) for a, b in zip(first, again))
     later = stream(urls)
-    later.set_epoch(1)
+    later.set_position(1, 0)
     assert not torch.equal(next(iter(later))["image"], first[0]["image"])
 
 
@@ -88,12 +88,28 @@ def test_every_rank_gets_the_same_number_of_full_batches_from_uneven_shards(tmp_
     assert counts == [[8] * 7] * 3  # 7 batches of 8 each (56 > 45 samples: resampled), so no rank waits on another
 
 
-def test_datamodule_loader_reseeds_with_the_trainer_epoch_across_workers(shapes_dir):
-    dm = ShardDataModule(f"{shapes_dir}/train-*.tar", batch_size=4, batches_per_epoch=5, num_workers=2)
-    loader = dm.train_dataloader()
-    batches = list(loader)
-    assert len(batches) == 5  # split 3 + 2 across the two workers
-    assert [b["caption"] for b in batches] == [b["caption"] for b in dm.train_dataloader()]
+def test_a_loader_restarted_at_any_batch_continues_the_epoch_exactly(shapes_dir):
+    """Two workers interleave an epoch's batches; a loader restored at batch k delivers batches k, k+1, ... of it."""
+
+    def datamodule() -> ShardDataModule:
+        return ShardDataModule(f"{shapes_dir}/train-*.tar", batch_size=4, batches_per_epoch=5, num_workers=2)
+
+    straight = datamodule()
+    epoch = list(straight.train_dataloader())
+    assert [b["position"] for b in epoch] == [[0, i] for i in range(5)]  # split 3 + 2 across the two workers
+    for start in range(1, 5):
+        resumed = datamodule()
+        resumed.load_state_dict({"train_position": {**straight.position.state_dict(), "epoch": 0, "next": start}})
+        rest = list(resumed.train_dataloader())
+        assert [b["position"] for b in rest] == [[0, i] for i in range(start, 5)]
+        assert all(a["key"] == b["key"] and torch.equal(a["image"], b["image"]) for a, b in zip(rest, epoch[start:]))
+    straight.position.consumed(0, 4)  # the epoch's last batch reached the model: the next iter() is epoch 1
+    assert [b["position"] for b in straight.train_dataloader()] == [[1, i] for i in range(5)]
+    assert next(iter(straight.train_dataloader()))["key"] != epoch[0]["key"]
+    with pytest.raises(ValueError, match="num_workers=2 but the config gives 5 and 1"):
+        ShardDataModule(f"{shapes_dir}/train-*.tar", batch_size=4, batches_per_epoch=5, num_workers=1).load_state_dict(
+            {"train_position": straight.position.state_dict()}
+        )
 
 
 def write_shard(path, samples):

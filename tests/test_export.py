@@ -5,7 +5,7 @@ import json
 import lightning as L
 import pytest
 import torch
-from diffusers import SanaPipeline, SanaTransformer2DModel
+from diffusers import AutoencoderDC, SanaPipeline, SanaTransformer2DModel
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from sana_lightning.cli import main
@@ -55,15 +55,66 @@ def test_exported_sana_pipeline_generates_images_of_the_right_shape(dc_ae_checkp
     _same_outputs(SanaFlowModule.from_checkpoint(str(dc_ae_checkpoint)).transformer, pipe.transformer)
     call = json.loads((out / "pipeline_call.json").read_text())
     assert call["max_sequence_length"] == 8 and call["complex_human_instruction"] is None
+    assert call["height"] == call["width"] == 32 and call["use_resolution_binning"] is False
     images = pipe(
         ["a photo of a red circle", "a photo of two blue squares"],
-        height=32,
-        width=32,
         generator=torch.Generator().manual_seed(0),
         output_type="pt",
         **call,
     ).images
     assert images.shape == (2, 3, 32, 32) and images.min() >= 0 and images.max() <= 1
+
+
+def _tiny_dc_ae(levels: int) -> AutoencoderDC:
+    """A random DC-AE as conftest's `tiny_dc_ae`, with `levels` block levels: 2 ** (levels - 1) x downsampling."""
+    channels, layers, multiscales = (8,) + (16,) * (levels - 1), (1,) * levels, ((),) * levels
+    return AutoencoderDC(
+        latent_channels=4,
+        attention_head_dim=8,
+        encoder_block_types="ResBlock",
+        decoder_block_types="ResBlock",
+        encoder_block_out_channels=channels,
+        decoder_block_out_channels=channels,
+        encoder_layers_per_block=layers,
+        decoder_layers_per_block=layers,
+        encoder_qkv_multiscales=multiscales,
+        decoder_qkv_multiscales=multiscales,
+        scaling_factor=0.41407,
+    )
+
+
+@pytest.mark.parametrize("levels", [3, 4], ids=["4x", "8x"])
+def test_exported_pipeline_called_as_the_readme_says_draws_the_image_generate_draws(levels, tmp_path):
+    torch.manual_seed(0)
+    _tiny_dc_ae(levels).save_pretrained(tmp_path / "dc-ae")
+    module = SanaFlowModule(
+        preset="tiny",
+        text_encoder={"max_length": 8},
+        autoencoder={"path": str(tmp_path / "dc-ae")},
+        sampler={"steps": 2},
+        ema_decay=None,
+    )
+    checkpoint = tmp_path / "model.ckpt"  # random weights, in the layout Lightning saves
+    torch.save(
+        {
+            "hyper_parameters": dict(module.hparams),
+            "transformer_config": dict(module.transformer.config),
+            "state_dict": module.state_dict(),
+        },
+        checkpoint,
+    )
+    main(["export", str(checkpoint), str(tmp_path / "exported")])
+
+    # The README's call, with a seed and tensors out.
+    pipe = SanaPipeline.from_pretrained(tmp_path / "exported")
+    call = json.load(open(tmp_path / "exported" / "pipeline_call.json"))
+    prompt = "a photo of a red circle"
+    image = pipe(prompt, generator=torch.Generator().manual_seed(7), output_type="pt", **call).images[0]
+
+    expected = SanaFlowModule.from_checkpoint(str(checkpoint)).generate([prompt], seeds=[7])[0]
+    assert image.shape == expected.shape == (3, 32, 32) and expected.std() > 0.01
+    assert (image - expected).abs().max() < 1e-4
+    assert pipe(prompt, **call).images[0].size == (32, 32)  # the README's PIL image
 
 
 def test_diffusers_directories_are_growth_sources_and_pruning_inputs(tiny_checkpoint, shapes_dir, tmp_path):

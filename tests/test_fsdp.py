@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from resume_helpers import logged
 
 from sana_lightning.checkpoints import consolidate_checkpoint, load_checkpoint_transformer
 
@@ -36,9 +37,11 @@ def test_sharded_training_matches_single_process_on_the_same_global_batch(runs):
     assert single[0] != single[-1]  # the model trained
     torch.testing.assert_close(torch.tensor(sharded), torch.tensor(single), rtol=5e-5, atol=0)
     single_weights, sharded_weights = (torch.load(runs[d] / "weights.pt") for d in (1, 2))
+    # atol 1e-4: the new blocks' to_q / to_k get ~zero gradients (their outputs start at zero), and Adam's
+    # normalisation turns fp32 reduction-order noise there into lr-sized steps (seen: 3e-5 after 4 steps at lr 1e-3).
     for name in ("loss", "loss_ema"):  # trained and EMA weights
         for key, value in single_weights[name].items():
-            torch.testing.assert_close(sharded_weights[name][key], value, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(sharded_weights[name][key], value, rtol=1e-4, atol=1e-4, msg=f"{name} {key}")
 
 
 def test_sharded_checkpoint_consolidates_to_the_trained_weights(runs):
@@ -71,11 +74,19 @@ def test_sharded_cli_run_with_came_8bit_resumes_from_its_checkpoint_folder(shape
         "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
         "--trainer.callbacks.save_last=true",
     ]  # fmt: skip
+    (tmp_path / "straight").mkdir()
+    _run(*args, "--trainer.max_steps=8", cwd=tmp_path / "straight")
     _run(*args, "--trainer.max_steps=4", cwd=tmp_path)
     last = tmp_path / "runs/sana/version_0/checkpoints/last.ckpt"
     assert (last / ".metadata").is_file()
+    assert not [p.name for p in last.parent.iterdir() if p.name.startswith(".")]  # written beside, then renamed
     meta = torch.load(last / "meta.pt", weights_only=False)
     assert meta["global_step"] == 4 and meta["transformer_config"]["num_layers"] == 2
-    _run(*args, "--trainer.max_steps=8", f"--ckpt_path={last}", cwd=tmp_path)
-    resumed = torch.load(tmp_path / "runs/sana/version_1/checkpoints/last.ckpt/meta.pt", weights_only=False)
+    _run(*args, "--trainer.max_steps=8", "--ckpt_path=last", cwd=tmp_path)  # continues version_0
+    resumed = torch.load(last / "meta.pt", weights_only=False)
     assert resumed["global_step"] == 8
+    straight = logged(tmp_path / "straight/runs/sana/version_0")["train/loss"]
+    losses = logged(tmp_path / "runs/sana/version_0")["train/loss"]
+    assert sorted(losses) == [4, 5, 6, 7]
+    for step, loss in losses.items():
+        assert loss == pytest.approx(straight[step], rel=1e-4)  # sharded sums: equal within fp tolerance

@@ -1,4 +1,5 @@
 import json
+import logging
 import random
 
 import pytest
@@ -7,7 +8,7 @@ from PIL import Image
 
 from sana_lightning.data.shapes import COLORS as PALETTE
 from sana_lightning.data.shapes import TASKS, SceneSampler, ShapeObject, render
-from sana_lightning.eval.folder import score_folder, write_folder
+from sana_lightning.eval.folder import prompt_slice, score_folder, write_folder
 from sana_lightning.eval.geneval import (
     Detection,
     ImageResult,
@@ -89,9 +90,12 @@ def test_position_rule_and_its_threshold_boundary():
 def test_malformed_metadata_names_the_line(tmp_path):
     path = tmp_path / "metadata.jsonl"
     good = json.dumps({"tag": "single_object", "include": [{"class": "cat", "count": 1}], "prompt": "a cat"})
-    path.write_text(good + "\n{not json\n")
-    with pytest.raises(ValueError, match=r"metadata.jsonl:2: not valid JSON"):
+    path.write_text(good + '\n{"tag": "colors" "prompt": "x"}\n')
+    with pytest.raises(
+        ValueError, match=r"metadata.jsonl:2: not valid JSON \(Expecting ',' delimiter at column 18\)"
+    ) as error:
         read_metadata(path)
+    assert "fix that line" in str(error.value) and error.value.__context__ is None  # the CLI prints this one line
     path.write_text(good + "\n" + json.dumps({"tag": "style", "include": [], "prompt": "x"}) + "\n")
     with pytest.raises(ValueError, match=r"metadata.jsonl:2: tag 'style' is not a GenEval task"):
         read_metadata(path)
@@ -178,6 +182,62 @@ def test_folder_layout_round_trip_and_resume(tmp_path):
     assert summary["overall"] == 1.0 and summary["images"] == 12
 
 
+def test_generate_takes_a_slice_of_the_prompts_and_makes_folders_as_it_goes(tmp_path):
+    records = [s.metadata() for s in ground_truth(per_task=1)]
+    folders_before_each_batch = []
+
+    def generate(prompts, seeds):
+        folders_before_each_batch.append(sorted(p.name for p in tmp_path.iterdir()))
+        assert seeds == [2 * records.index(next(r for r in records if r["prompt"] == prompts[0])), seeds[0] + 1]
+        return [Image.new("RGB", (8, 8))] * len(prompts)
+
+    write_folder(tmp_path, records, 2, generate, batch_size=2, prompts=prompt_slice("1:5:2"))
+    assert folders_before_each_batch == [[], ["00001"]]  # one prompt a batch: each folder appears with its images
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00001", "00003"]  # the metadata's indices
+    assert json.loads((tmp_path / "00003/metadata.jsonl").read_text()) == records[3]
+    slices = [slice(None), slice(0, 50), slice(50, None), slice(None, None, 4)]
+    assert [prompt_slice(t) for t in (None, "0:50", "50:", "::4")] == slices
+    with pytest.raises(ValueError, match="--prompts '0-50' is not a slice of the prompts: write start:stop"):
+        prompt_slice("0-50")
+
+
+def test_geneval_warns_about_missing_images_and_uncovered_classes(tmp_path, caplog):
+    scenes = ground_truth(per_task=1)[:5]
+    write_folder(tmp_path, [s.metadata() for s in scenes], 2, lambda p, s: [render(scenes[0].objects, 32)] * len(p))
+    for index in (1, 2, 4):
+        for sample in (tmp_path / f"0000{index}/samples").iterdir():
+            sample.unlink()
+    (tmp_path / "00003/samples/0001.png").unlink()
+    with caplog.at_level(logging.WARNING):
+        summary = summarize(score_folder(tmp_path, ShapesDetector()))
+    assert summary["prompts"] == 2 and summary["images"] == 3
+    assert "3 of 5 prompt folders in" in caplog.text and "have no images (00001, 00002, 00004)" in caplog.text
+    assert "1 of 5 prompt folders in" in caplog.text and "have fewer than 2 images (00003)" in caplog.text
+    assert "ShapesDetector cannot report" not in caplog.text
+    coco = {"tag": "single_object", "include": [{"class": "tv remote", "count": 1}], "prompt": "a photo of a tv remote"}
+    (tmp_path / "00000/metadata.jsonl").write_text(json.dumps(coco))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        score_folder(tmp_path, ShapesDetector())
+    assert "ShapesDetector cannot report 1 of the metadata's" in caplog.text
+    assert "classes (tv remote): prompts with them never pass; score COCO prompts with --detector" in caplog.text
+
+
+def test_an_unreadable_image_is_an_error_naming_it(tmp_path):
+    scenes = ground_truth(per_task=1)[:2]
+    write_folder(tmp_path, [s.metadata() for s in scenes], 1, lambda p, s: [render(scenes[0].objects, 32)] * len(p))
+    png = tmp_path / "00001/samples/0000.png"
+    png.write_bytes(png.read_bytes()[:60])
+    with pytest.raises(
+        ValueError, match=r"00001/samples/0000.png: unreadable image \(.*\); delete it and rerun"
+    ) as error:
+        score_folder(tmp_path, ShapesDetector())
+    assert error.value.__context__ is None
+    (tmp_path / "00001/metadata.jsonl").write_text("{oops")
+    with pytest.raises(ValueError, match=r"00001/metadata.jsonl: not valid JSON .*delete the folder and rerun"):
+        score_folder(tmp_path, ShapesDetector())
+
+
 def test_transformers_detector_runs_end_to_end_from_local_paths(tiny_detector_and_clip):
     detector = TransformersDetector(*map(str, tiny_detector_and_clip))
     scene = ground_truth(per_task=1)[5]  # color_attr
@@ -192,23 +252,23 @@ def test_transformers_detector_runs_end_to_end_from_local_paths(tiny_detector_an
     assert isinstance(ok, bool) and isinstance(reason, str)
 
 
-def test_generate_and_geneval_commands(tiny_checkpoint, shapes_dir, tmp_path, capsys):
-    from sana_lightning.cli import main
+def test_generate_and_geneval_commands(tiny_checkpoint, shapes_dir, tmp_path, capsys, monkeypatch):
+    from sana_lightning.cli import main, run
 
-    main(
-        [
-            "generate",
-            str(tiny_checkpoint),
-            str(tmp_path / "images"),
-            "--metadata",
-            str(shapes_dir / "metadata.jsonl"),
-            "--images_per_prompt",
-            "2",
-            "--steps",
-            "2",
-        ]
-    )
+    metadata = str(shapes_dir / "metadata.jsonl")
+    generate = ["generate", str(tiny_checkpoint), str(tmp_path / "images"), "--metadata", metadata]
+    main([*generate, "--images_per_prompt", "2", "--steps", "2", "--prompts", "0:6"])
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == [f"{i:05d}" for i in range(6)]
+    main([*generate, "--images_per_prompt", "2", "--steps", "2"])  # resumes: the other 6 prompts
     assert len(list((tmp_path / "images").glob("*/samples/*.png"))) == 2 * 12
+    (tmp_path / "bad.jsonl").write_text('{"tag": "colors" "prompt": "x"}\n')
+    monkeypatch.setattr(
+        "sys.argv", ["sana", "generate", "none.ckpt", str(tmp_path / "x"), "--metadata", str(tmp_path / "bad.jsonl")]
+    )
+    with pytest.raises(
+        SystemExit, match=r"^error: .*bad.jsonl:1: not valid JSON \(Expecting ',' delimiter at column 18\)"
+    ):
+        run()
     main(["geneval", str(tmp_path / "images")])
     out = capsys.readouterr().out
     assert "Total images: 24" in out and "Overall score (avg. over tasks):" in out

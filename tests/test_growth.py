@@ -1,8 +1,11 @@
+import logging
+import re
+
 import pytest
 import torch
 
 from sana_lightning.blocks import keep_blocks
-from sana_lightning.growth import GrowthConfig, grow
+from sana_lightning.growth import GrowthConfig, grow, max_output_difference
 from sana_lightning.presets import build_transformer
 
 
@@ -103,10 +106,101 @@ def test_non_block_parameters_are_copied():
             "stack needs target_layers a multiple of the source's 4 blocks",
         ),
         (GrowthConfig(target_layers=8, strategy="net2net"), "unknown growth strategy 'net2net'"),
+        (GrowthConfig(target_layers=3, strategy="interpolation"), "target_layers=3 is smaller than the source's 4"),
+        (GrowthConfig(target_layers=8, init="xavier"), "unknown growth init 'xavier'"),
         (GrowthConfig(target_layers=8, qk_norm=None), None),
     ],
 )
 def test_impossible_growth_is_a_clear_error(config, match):
     source = source_model(qk_norm="rms_norm_across_heads")
-    with pytest.raises(ValueError, match=match or "cannot remove QK normalisation"):
+    with pytest.raises(ValueError, match=match or "cannot remove or change QK normalisation"):
         grow(source, config)
+
+
+@pytest.mark.parametrize(
+    "strategy, origins",
+    [
+        ("progressive", [0, 1, 2, 2, 2, 2, 2]),  # the last source block copied
+        ("interpolation", [0, 0, 0, 1, 1, 2, 2]),  # block i copies floor(i * 3 / 7)
+        ("random", [0, 1, 2, None, None, None, None]),
+    ],
+)
+def test_progressive_interpolation_and_random_growth(strategy, origins):
+    source = source_model(num_layers=3)
+    grown, planned = grow(source, GrowthConfig(target_layers=7, strategy=strategy))
+    assert planned == origins
+    for block, origin in zip(grown.transformer_blocks, origins):
+        if origin is not None:
+            assert torch.equal(block.attn1.to_q.weight, source.transformer_blocks[origin].attn1.to_q.weight)
+    difference = (run(grown) - run(source)).abs().max().item()
+    if strategy == "random":  # fresh blocks are never zeroed: the baseline that does not start as the source
+        assert grown.transformer_blocks[5].ff.conv_point.weight.abs().sum() > 0 and difference > 1e-4
+    else:  # copies zeroed (zero_new): the source's function
+        assert difference <= 1e-5
+
+
+def test_zero_gate_also_zeroes_the_scale_shift_table_and_stays_identity():
+    source = source_model()
+    grown, _ = grow(source, GrowthConfig(target_layers=8, drop_last=0, zero_gate=True))
+    assert torch.equal(grown.transformer_blocks[3].scale_shift_table, source.transformer_blocks[3].scale_shift_table)
+    new = grown.transformer_blocks[6]
+    assert new.scale_shift_table.abs().sum() == 0 and new.attn2.to_out[0].weight.abs().sum() == 0
+    assert (run(grown) - run(source)).abs().max().item() < 1e-5
+
+
+def test_official_init_of_new_blocks():
+    torch.manual_seed(0)
+    grown, _ = grow(source_model(), GrowthConfig(target_layers=8, drop_last=0, zero_new=False))
+    new = grown.transformer_blocks[6]
+    assert new.attn1.to_q.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert new.ff.conv_inverted.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert new.ff.conv_depth.weight.std().item() == pytest.approx(0.2, rel=0.05)
+    assert new.attn1.to_out[0].bias.abs().sum() == 0 and new.ff.conv_depth.bias.abs().sum() == 0
+    assert torch.equal(new.attn2.norm_k.weight, torch.ones_like(new.attn2.norm_k.weight))
+    default, _ = grow(source_model(), GrowthConfig(target_layers=8, drop_last=0, zero_new=False, init="diffusers"))
+    assert default.transformer_blocks[6].attn1.to_q.weight.std() > 0.05  # kaiming-uniform: 1 / sqrt(3 * 64)
+
+
+def test_the_target_takes_every_width_from_the_source():
+    source = source_model(
+        num_attention_heads=3, attention_head_dim=16, cross_attention_dim=48, cross_attention_head_dim=24, mlp_ratio=2.0
+    )
+    grown, _ = grow(source, GrowthConfig(target_layers=6, drop_last=0))
+    differing = {k for k in source.config if not k.startswith("_") and grown.config[k] != source.config[k]}
+    assert differing == {"num_layers"}
+    assert (run(grown) - run(source)).abs().max().item() <= 1e-5
+
+
+def test_two_stage_growth_is_identity_where_one_stage_is_not(caplog):
+    """SANA's recipe: add QK norm to the source and fine-tune it (stage 1), then grow (stage 2)."""
+    source = source_model(qk_norm=None)
+    config = GrowthConfig(target_layers=10, strategy="partial_preservation", drop_last=0, zero_gate=True)
+    with caplog.at_level(logging.WARNING, logger="sana_lightning.growth"):
+        one_stage, _ = grow(source, config)
+    one_stage_difference = max_output_difference(source, one_stage)
+    assert one_stage_difference > 1e-2
+    (line,) = caplog.messages
+    assert "growth is not identity at init" in line and "\n" not in line
+    assert float(re.search(r"differs by ([0-9.e-]+)", line).group(1)) == pytest.approx(one_stage_difference, rel=1e-2)
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sana_lightning.growth"):
+        adapted, origins = grow(source, GrowthConfig(target_layers=4, drop_last=0))  # stage 1 (before fine-tuning)
+    assert origins == [0, 1, 2, 3] and "before growing" in caplog.messages[0]
+    with torch.no_grad():  # stands in for the QK-norm fine-tuning
+        for block in adapted.transformer_blocks:
+            block.attn1.norm_q.weight.mul_(1.1)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sana_lightning.growth"):
+        grown, _ = grow(adapted, config)  # stage 2
+    assert not caplog.messages
+    assert max_output_difference(adapted, grown) < 1e-5
+
+
+def test_a_non_preserving_growth_warns_with_the_qk_norm_difference_alone(caplog):
+    source = source_model(qk_norm=None)
+    adapted, _ = grow(source, GrowthConfig(target_layers=4, drop_last=0))
+    with caplog.at_level(logging.WARNING, logger="sana_lightning.growth"):
+        grow(source, GrowthConfig(target_layers=8, drop_last=2))  # drops blocks: the grown model differs anyway
+    measured = float(re.search(r"differs by ([0-9.e-]+)", caplog.messages[-1]).group(1))
+    assert measured == pytest.approx(max_output_difference(source, adapted), rel=1e-2)

@@ -11,6 +11,7 @@ from sana_lightning.cli import SanaCLI, main
 from sana_lightning.data.datamodule import ShardDataModule
 from sana_lightning.growth_module import GrowthModule
 from sana_lightning.module import TextEncoderConfig
+from sana_lightning.presets import build_transformer
 
 
 def growth_module(source, **kwargs):
@@ -73,11 +74,31 @@ def test_preserved_blocks_can_train_with_a_smaller_learning_rate(tiny_checkpoint
     assert {id(p) for p in groups[1]["params"]} == preserved
 
 
-def test_source_errors_name_the_values_and_the_fix(tiny_checkpoint, tmp_path):
-    with pytest.raises(
-        ValueError, match=r"source has num_attention_heads=2 but the target \(small\) has num_attention_heads=4"
-    ):
+def test_the_target_takes_its_widths_from_the_source_and_a_preset_is_only_checked(tiny_checkpoint):
+    module = GrowthModule(
+        source=str(tiny_checkpoint), growth={"target_layers": 6}, text_encoder=TextEncoderConfig(max_length=8)
+    )
+    assert module.hparams.preset is None and module.transformer.config.num_attention_heads == 2
+    with pytest.raises(ValueError) as error:
         GrowthModule(source=str(tiny_checkpoint), growth={"target_layers": 8}, preset="small")
+    assert str(error.value) == (
+        "growth takes the target's widths from the source, which differs from preset='small' / transformer "
+        "overrides in num_attention_heads=2 (target 4), num_cross_attention_heads=2 (target 4), "
+        "cross_attention_dim=64 (target 128): drop them from the growth config"
+    )
+
+
+def test_qk_norm_adaptation_is_growth_to_the_same_depth(tmp_path, caplog):
+    """Stage 1 of SANA's 1.6B -> 4.8B recipe: a source without QK norm gets it, every block kept, then trains."""
+    torch.manual_seed(0)
+    build_transformer("tiny", num_layers=3, qk_norm=None).save_pretrained(tmp_path / "no_qk")
+    adapting = growth_module(tmp_path / "no_qk", growth={"target_layers": 3, "drop_last": 0})
+    assert adapting.block_labels == ["src0", "src1", "src2"]
+    assert adapting.transformer.config.qk_norm == "rms_norm_across_heads"
+    assert "fine-tune it with QK norm (stage 1" in caplog.text
+
+
+def test_source_errors_name_the_values_and_the_fix(tiny_checkpoint, tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m sana_lightning.cli fit --config configs/base.yaml"):
         growth_module(tmp_path / "missing.ckpt")
     with pytest.raises(FileNotFoundError, match="no checkpoint matches"):

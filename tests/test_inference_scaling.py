@@ -1,5 +1,7 @@
 import json
 import random
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ from PIL import Image
 from sana_lightning.cli import main
 from sana_lightning.data.shapes import SceneSampler, ShapeObject, render
 from sana_lightning.eval.shapes_detector import ShapesDetector
+from sana_lightning.images import pil_to_tensor, to_pil
 from sana_lightning.inference_scaling import (
     CLIPJudge,
     GenEvalOracleJudge,
@@ -17,6 +20,7 @@ from sana_lightning.inference_scaling import (
     knockout,
     scale,
 )
+from sana_lightning.module import SanaFlowModule
 
 
 def ordered_verdicts(n, seed=0):
@@ -124,3 +128,20 @@ def test_scale_command_writes_geneval_layout_and_tensorboard(tiny_checkpoint, sh
     (tmp_path / "prompts.txt").write_text("a photo of a red circle\n")
     with pytest.raises(ValueError, match="the oracle judge needs GenEval metadata prompts"):
         main(["scale", str(tiny_checkpoint), str(tmp_path / "o2"), "--prompts", str(tmp_path / "prompts.txt")])
+
+
+def test_scale_config_runs_the_scale_command_with_sampler_overrides(tiny_checkpoint, shapes_dir, tmp_path):
+    config = Path(__file__).parents[1] / "configs/scale.yaml"
+    out = tmp_path / "out"
+    # Positional arguments after --config replace the config's checkpoint and out_dir.
+    args = ["scale", "--config", str(config), str(tiny_checkpoint), str(out), "--prompts"]
+    args += [str(shapes_dir / "metadata.jsonl"), "--num_candidates", "2", "--log_dir", str(tmp_path / "tb")]
+    main(args + ["--solver", "flow_dpm_solver", "--steps", "2", "--guidance_scale", "2.0", "--grid_prompts", "1"])
+    scores = json.loads((out / "scores.json").read_text())
+    assert (scores["num_candidates"], scores["k"], scores["selection"]) == (2, 1, "tournament")
+    module = SanaFlowModule.from_checkpoint(str(tiny_checkpoint))
+    sampler = replace(module.sampler, solver="flow_dpm_solver", steps=2, guidance_scale=2.0)
+    record = json.loads((shapes_dir / "metadata.jsonl").read_text().splitlines()[0])
+    expected = pil_to_tensor(to_pil(module.generate([record["prompt"]], [0], sampler)[0])).int()
+    saved = pil_to_tensor(Image.open(out / "candidates/00000/samples/0000.png").convert("RGB")).int()
+    assert (saved - expected).abs().max() <= 2  # the candidate was sampled with the overridden sampler

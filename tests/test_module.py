@@ -119,7 +119,7 @@ def test_pretrained_transformer_from_a_local_diffusers_directory(tmp_path):
         (
             dict(text_encoder=TextEncoderConfig(path="/models/gemma-2-2b-it")),
             FileNotFoundError,
-            "text encoder path '/models/gemma-2-2b-it' does not exist",
+            "text encoder path '/models/gemma-2-2b-it' not found",
         ),
     ],
 )
@@ -189,3 +189,34 @@ def test_command_line_errors_are_one_line(argv, message, monkeypatch, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         run()
     assert str(exit_info.value.code).startswith(message) and "\n" not in str(exit_info.value.code)
+
+
+def test_non_finite_training_stops_before_the_update_and_keeps_the_last_good_checkpoint(shapes_dir, tmp_path):
+    """lr=1e6 drives the loss to NaN/Inf: training stops in one line naming the step, the batch's samples and the
+    last good checkpoint; no checkpoint is written from the non-finite state and `last.ckpt` still loads."""
+    from sana_lightning.module import NonFiniteError
+
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True)
+    trainer = L.Trainer(
+        max_steps=200, accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[checkpoint]
+    )
+    data = ShardDataModule(f"{shapes_dir}/train-*.tar", batch_size=4, batches_per_epoch=10, num_workers=0)
+    module = SanaFlowModule(
+        preset="tiny", text_encoder=TextEncoderConfig(max_length=8), optimizer=lambda p: torch.optim.SGD(p, lr=1e6)
+    )
+    with pytest.raises(NonFiniteError) as error:
+        trainer.fit(module, data)
+    last = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    step = last["global_step"] + 1
+    message = str(error.value)
+    assert message.startswith(f"non-finite training at step {step}: loss ") and "\n" not in message
+    assert f"(batch: {shapes_dir}/train-" in message and f"last good checkpoint: {tmp_path}/" in message
+    assert f"--model.init_args.pretrained={tmp_path}/" in message
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    assert not list(tmp_path.glob(f"*step={step}*")) and 1 < step < 200
+    assert all(torch.isfinite(p).all() for p in module.transformer.parameters())  # the update was not applied
+    with torch.no_grad():
+        next(module.transformer.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(NonFiniteError, match=f"refusing to save a checkpoint at step {step - 1}: non-finite weights"):
+        trainer.save_checkpoint(tmp_path / "nan.ckpt")
+    assert not (tmp_path / "nan.ckpt").exists()

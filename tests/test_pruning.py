@@ -7,6 +7,7 @@ import torch
 from sana_lightning.blocks import keep_blocks, zero_block_outputs
 from sana_lightning.cli import main
 from sana_lightning.data.datamodule import ShardDataModule
+from sana_lightning.data.precompute import precompute
 from sana_lightning.module import SanaFlowModule, TextEncoderConfig
 from sana_lightning.presets import build_transformer
 from sana_lightning.prune_module import PruneRecoveryModule
@@ -101,6 +102,21 @@ def test_importance_and_prune_commands_write_reports_and_a_diffusers_model(tiny_
     record = json.loads((tmp_path / "pruned/prune.json").read_text())
     expected = blocks_to_remove(torch.tensor(report["scores"]["cosine"]), 2)
     assert record["removed"] == expected and len(record["kept"]) == 2
+
+
+def test_importance_and_prune_run_on_precomputed_shards_as_on_raw_ones(tiny_checkpoint, shapes_dir, tmp_path):
+    """Calibration batches go through `encode_batch`, so the `precompute` command's shards (latents and caption
+    features) calibrate exactly as the raw images and captions they were made from."""
+    precomputed = precompute(f"{shapes_dir}/val-*.tar", str(tmp_path / "pre"), encode_text=True, max_length=8)
+    reports = {}
+    for name, shards in (("raw", f"{shapes_dir}/val-*.tar"), ("pre", f"{precomputed}/val-*.tar")):
+        calibration = ["--shards", shards, "--batch_size", "4", "--num_sigmas", "3"]
+        main(["importance", str(tiny_checkpoint), "--out_dir", str(tmp_path / name), *calibration])
+        reports[name] = json.loads((tmp_path / name / "importance.json").read_text())["scores"]
+        main(["prune", str(tiny_checkpoint), str(tmp_path / f"pruned-{name}"), "2", *calibration])
+    for metric, scores in reports["raw"].items():
+        torch.testing.assert_close(torch.tensor(reports["pre"][metric]), torch.tensor(scores), rtol=1e-4, atol=1e-6)
+    assert (tmp_path / "pruned-pre/prune.json").read_text() == (tmp_path / "pruned-raw/prune.json").read_text()
 
 
 def test_recovery_trains_the_pruned_model_with_distillation(tiny_checkpoint, shapes_dir, tmp_path):

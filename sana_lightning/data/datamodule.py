@@ -94,7 +94,10 @@ def decode_sample(sample: dict, image_size: int, buckets: list[tuple[int, int]] 
     key = next((k for k in IMAGE_KEYS if k in sample), None)
     if key is None:
         raise ValueError(f"sample {sample.get('__key__')} has neither an image ({'/'.join(IMAGE_KEYS)}) nor latent.npy")
-    image = Image.open(io.BytesIO(sample[key])).convert("RGB")
+    try:
+        image = Image.open(io.BytesIO(sample[key])).convert("RGB")
+    except OSError as error:  # PIL's message names only an in-memory buffer
+        raise ValueError(f"its .{key} is not a readable image ({type(error).__name__})") from None
     height, width = nearest_bucket(image.height, image.width, buckets) if buckets else (image_size, image_size)
     image = resize_crop(image, height, width)
     pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(height, width, 3)
@@ -104,7 +107,7 @@ def decode_sample(sample: dict, image_size: int, buckets: list[tuple[int, int]] 
 
 def collate(items: list[dict], chosen: list[int]) -> dict:
     """One batch from decoded samples of one shape and their chosen caption indices."""
-    batch = {"caption": [item["captions"][k] for item, k in zip(items, chosen)]}
+    batch = {"caption": [item["captions"][k] for item, k in zip(items, chosen)], "key": [item["key"] for item in items]}
     for name in ("image", "latent"):
         if name in items[0]:
             batch[name] = torch.stack([item[name] for item in items])
@@ -122,8 +125,10 @@ def _shape_key(item: dict) -> tuple:
 class ShardStream(IterableDataset):
     """Batches drawn from resampled shards: `batches_per_epoch` per rank whatever the shard sizes (no DDP hangs).
 
-    Randomness is seeded by (seed, epoch, rank, worker), so a run resumed at an epoch boundary replays the same
-    batches. Unreadable shards and samples are skipped; each batch reports how many were skipped since the last.
+    Randomness is seeded by (seed, epoch, rank, stream), and every batch carries its `position` (epoch, index), so
+    a run resumed anywhere in an epoch continues with exactly the batches it would have seen (`set_position`).
+    Unreadable shards and samples are skipped (logged with shard and key); each batch reports how many were skipped
+    since the last and the `key` (shard:key) of every sample.
     A batch holds samples of one shape only (one aspect-ratio bucket); one caption per sample is chosen by
     `caption_rule` (`uniform`, or `weighted` by `caption_scores`^(1/`caption_temperature`)).
     """
@@ -150,15 +155,24 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.epoch = 0
+        self.start = 0
         self._skipped = 0
         self._shards_without_sample = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_position(self, epoch: int, start: int) -> None:
+        """Make `iter()` deliver batches `start, start + 1, ...` of `epoch` (a resumed epoch continues where it was)."""
+        if not 0 <= start < self.batches_per_epoch:
+            raise ValueError(f"batch {start} is outside an epoch of {self.batches_per_epoch} batches")
+        self.epoch, self.start = epoch, start
 
-    def _skip(self, error: Exception) -> bool:
+    def __len__(self) -> int:
+        """Batches in a whole epoch (a resumed epoch delivers only its rest; Lightning counts the ones it had)."""
+        return self.batches_per_epoch
+
+    def _skip(self, error: Exception, sample: dict | None = None) -> bool:
         self._skipped += 1
-        log.warning("skipping unreadable data: %s", error)
+        where = f"sample '{sample.get('__key__')}' of shard '{sample.get('__url__')}'" if sample else "a shard"
+        log.warning("skipping unreadable data in %s: %s", where, error)
         return True
 
     def _shards(self, urls: list[str], rng: random.Random):
@@ -175,9 +189,10 @@ class ShardStream(IterableDataset):
             try:
                 item = decode_sample(sample, self.image_size, self.buckets)
             except Exception as error:  # a corrupt sample must not stop training
-                self._skip(error)
+                self._skip(error, sample)
                 continue
             self._shards_without_sample = 0
+            item["key"] = f"{sample.get('__url__')}:{sample.get('__key__')}"
             yield (
                 item,
                 choose_caption(item["captions"], item["scores"], self.caption_rule, self.caption_temperature, rng),
@@ -186,11 +201,16 @@ class ShardStream(IterableDataset):
     def __iter__(self):
         rank, world, worker, workers = wds.utils.pytorch_worker_info()
         urls = self.urls[rank::world] if len(self.urls) >= world else self.urls  # split_by_node when possible
-        rng = random.Random(f"{self.seed}-{self.epoch}-{rank}-{worker}")
-        count = self.batches_per_epoch // workers + (worker < self.batches_per_epoch % workers)
+        # The epoch is `workers` interleaved streams: stream s makes batches s, s + workers, ... (the order in which
+        # the DataLoader hands them out). Started at batch `start`, worker w continues stream (start + w) % workers,
+        # so a resumed epoch delivers exactly the batches an uninterrupted one would have from there on.
+        stream = (self.start + worker) % workers
+        made = (self.start + worker) // workers
+        rng = random.Random(f"{self.seed}-{self.epoch}-{rank}-{stream}")
+        count = self.batches_per_epoch // workers + (stream < self.batches_per_epoch % workers)
         pending = defaultdict(list)
         samples = self._samples(urls, rng)
-        for _ in range(count):
+        for index in range(count):
             for item, chosen in samples:
                 group = pending[_shape_key(item)]
                 group.append((item, chosen))
@@ -198,19 +218,59 @@ class ShardStream(IterableDataset):
                     break
             items, chosen = zip(*group)
             group.clear()
-            yield collate(list(items), list(chosen)) | {"skipped": self._skipped}
+            if index < made:
+                continue  # delivered before the resume
+            batch = collate(list(items), list(chosen))
+            yield batch | {"skipped": self._skipped, "position": [self.epoch, stream + index * workers]}
             self._skipped = 0
 
 
-class _EpochSeededLoader(DataLoader):
-    """Re-seeds its stream with the trainer's epoch at every `iter()`, which Lightning calls once per epoch."""
+class StreamPosition:
+    """Where the training stream stands: the epoch and the next batch index the model has not consumed yet.
 
-    def __init__(self, dataset: ShardStream, epoch_fn, **kwargs) -> None:
+    It moves only when a batch reaches the training step (not when the loader prefetches), and it is saved in
+    checkpoints, so a resumed run continues from the exact batch the interrupted one would have trained on next.
+    """
+
+    def __init__(self, batches_per_epoch: int, workers: int) -> None:
+        self.batches_per_epoch = batches_per_epoch
+        self.workers = workers
+        self.epoch, self.next = 0, 0
+
+    def consumed(self, epoch: int, index: int) -> None:
+        self.epoch, self.next = epoch, index + 1
+
+    def current(self) -> tuple[int, int]:
+        """(epoch, first batch) of the next `iter()`: a finished epoch rolls over to the next one."""
+        return (self.epoch + 1, 0) if self.next >= self.batches_per_epoch else (self.epoch, self.next)
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "next": self.next,
+            "batches_per_epoch": self.batches_per_epoch,
+            "workers": self.workers,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = (state["batches_per_epoch"], state["workers"])
+        if saved != (self.batches_per_epoch, self.workers):
+            raise ValueError(
+                f"the checkpoint's data stream has batches_per_epoch={saved[0]} and num_workers={saved[1]} but the "
+                f"config gives {self.batches_per_epoch} and {self.workers}: resume with the checkpoint's data settings"
+            )
+        self.epoch, self.next = state["epoch"], state["next"]
+
+
+class _PositionedLoader(DataLoader):
+    """A DataLoader whose every `iter()` starts its stream at the saved `StreamPosition`."""
+
+    def __init__(self, dataset: ShardStream, position: StreamPosition, **kwargs) -> None:
         super().__init__(dataset, batch_size=None, **kwargs)
-        self._epoch_fn = epoch_fn
+        self.position = position
 
     def __iter__(self):
-        self.dataset.set_epoch(self._epoch_fn())
+        self.dataset.set_position(*self.position.current())
         return super().__iter__()
 
 
@@ -254,6 +314,7 @@ class ShardDataModule(L.LightningDataModule):
         self.buckets = resolve_buckets(buckets, image_size, bucket_multiple)
         self.caption_rule = caption_rule
         self.caption_temperature = caption_temperature
+        self.position = StreamPosition(batches_per_epoch, max(1, self._workers(batches_per_epoch)))
 
     def _stream(self, spec: str, batches: int, seed: int) -> ShardStream:
         return ShardStream(
@@ -268,24 +329,34 @@ class ShardDataModule(L.LightningDataModule):
             self.caption_temperature,
         )
 
-    def _current_epoch(self) -> int:
-        # The epoch Lightning hands samplers (`set_epoch`); unlike `current_epoch` it is already right when a
-        # run resumed from an end-of-epoch checkpoint creates its first iterator.
-        return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
-
-    def _loader(self, stream: ShardStream) -> DataLoader:
-        workers = min(self.num_workers, stream.batches_per_epoch)
-        return _EpochSeededLoader(stream, self._current_epoch, num_workers=workers, persistent_workers=False)
+    def _workers(self, batches: int) -> int:
+        return min(self.num_workers, batches)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._stream(self.train_shards, self.batches_per_epoch, self.seed))
+        stream = self._stream(self.train_shards, self.batches_per_epoch, self.seed)
+        workers = self._workers(self.batches_per_epoch)
+        return _PositionedLoader(stream, self.position, num_workers=workers, persistent_workers=False)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Advance the training position when a batch reaches the training step."""
+        if self.trainer is not None and self.trainer.training and isinstance(batch, dict) and "position" in batch:
+            self.position.consumed(*batch["position"])
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"train_position": self.position.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "train_position" in state_dict:
+            self.position.load_state_dict(state_dict["train_position"])
 
     def val_dataloader(self) -> DataLoader:
         if not self.val_shards or self.val_batches == 0:
             return []
         stream = self._stream(self.val_shards, self.val_batches, self.seed + 1)
-        workers = min(self.num_workers, stream.batches_per_epoch)
-        return DataLoader(stream, batch_size=None, num_workers=workers)  # same batches at every validation
+        return DataLoader(
+            stream, batch_size=None, num_workers=self._workers(self.val_batches)
+        )  # same batches at every validation
 
     def test_dataloader(self) -> DataLoader:
         """The validation batches (Shapes has no separate test split)."""

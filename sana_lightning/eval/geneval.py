@@ -7,6 +7,8 @@ mean of the six per-task image accuracies.
 """
 
 import json
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -21,6 +23,26 @@ THRESHOLD = 0.3
 COUNTING_THRESHOLD = 0.9
 MAX_OBJECTS = 16
 POSITION_THRESHOLD = 0.1
+# GenEval's object_names.txt: COCO-80 in COCO's order, under GenEval's names.
+COCO_CLASSES = tuple(
+    name.strip()
+    for name in """person, bicycle, car, motorcycle, airplane, bus, train, truck, boat, traffic light, fire hydrant,
+    stop sign, parking meter, bench, bird, cat, dog, horse, sheep, cow, elephant, bear, zebra, giraffe, backpack,
+    umbrella, handbag, tie, suitcase, frisbee, skis, snowboard, sports ball, kite, baseball bat, baseball glove,
+    skateboard, surfboard, tennis racket, bottle, wine glass, cup, fork, knife, spoon, bowl, banana, apple, sandwich,
+    orange, broccoli, carrot, hot dog, pizza, donut, cake, chair, couch, potted plant, bed, dining table, toilet, tv,
+    laptop, computer mouse, tv remote, computer keyboard, cell phone, microwave, oven, toaster, sink, refrigerator,
+    book, clock, vase, scissors, teddy bear, hair drier, toothbrush""".split(",")
+)
+# COCO's own names (the `id2label` of transformers COCO checkpoints) where GenEval's differ.
+COCO_TO_GENEVAL = {"mouse": "computer mouse", "remote": "tv remote", "keyboard": "computer keyboard"}
+
+log = logging.getLogger(__name__)
+
+
+def geneval_class(label: str) -> str:
+    """GenEval's name for a detector's class label."""
+    return COCO_TO_GENEVAL.get(label, label)
 
 
 @dataclass
@@ -35,6 +57,9 @@ class Detection:
 
 class Detector(Protocol):
     """What GenEval needs from a detector backend."""
+
+    classes: frozenset[str]
+    """The (GenEval) class names it can report."""
 
     def detect(self, image: Image.Image) -> dict[str, list[Detection]]:
         """All detections of the image by class name, any confidence."""
@@ -123,6 +148,8 @@ def score_image(image: Image.Image, metadata: dict, detector: Detector) -> tuple
 
 
 def validate_metadata(record: dict, where: str) -> dict:
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: a GenEval record is a JSON object with 'tag', 'prompt' and 'include'")
     if record.get("tag") not in TASKS:
         raise ValueError(f"{where}: tag {record.get('tag')!r} is not a GenEval task ({', '.join(TASKS)})")
     if not isinstance(record.get("prompt"), str) or not isinstance(record.get("include"), list):
@@ -141,18 +168,36 @@ def validate_metadata(record: dict, where: str) -> dict:
     return record
 
 
+def parse_record(line: str, where: str, fix: str) -> dict:
+    """One GenEval record from a line of JSON; malformed JSON is a one-line error naming `where` and the `fix`."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        problem = f"{error.msg} at column {error.colno}"
+    else:
+        return validate_metadata(record, where)
+    raise ValueError(f"{where}: not valid JSON ({problem}): {fix}")  # outside `except`: no chained decoder error
+
+
 def read_metadata(path: str | Path) -> list[dict]:
     """GenEval `metadata.jsonl`: one prompt record a line; a malformed line is an error naming it."""
-    records = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from error
-        records.append(validate_metadata(record, f"{path}:{number}"))
-    return records
+    fix = "each line must be one JSON object (a GenEval record); fix that line or rewrite the file with `prompts`"
+    lines = enumerate(Path(path).read_text().splitlines(), start=1)
+    return [parse_record(line, f"{path}:{number}", fix) for number, line in lines if line.strip()]
+
+
+def check_vocabulary(records: Iterable[dict], detector: Detector) -> list[str]:
+    """The metadata's classes that `detector` cannot report (such prompts never pass), warned about in one line."""
+    wanted = dict.fromkeys(c["class"] for r in records for c in r.get("include", []) + r.get("exclude", []))
+    missing = [c for c in wanted if c not in detector.classes]
+    if missing:
+        shown = ", ".join(missing[:8]) + (", ..." if len(missing) > 8 else "")
+        log.warning(
+            f"{type(detector).__name__} cannot report {len(missing)} of the metadata's {len(wanted)} classes "
+            f"({shown}): prompts with them never pass; score COCO prompts with --detector mask2former (or "
+            "transformers), Shapes prompts with --detector shapes"
+        )
+    return missing
 
 
 @dataclass

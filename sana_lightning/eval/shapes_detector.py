@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from sana_lightning.data.shapes import BACKGROUND, COLORS
+from sana_lightning.data.shapes import BACKGROUND, COLORS, SHAPES
 from sana_lightning.eval.geneval import Detection
 
 FILL_RANGES = {"square": (0.92, 1.0), "circle": (0.65, 0.84), "triangle": (0.48, 0.60)}
@@ -19,6 +19,8 @@ FILL_RANGES = {"square": (0.92, 1.0), "circle": (0.65, 0.84), "triangle": (0.48,
 
 class ShapesDetector:
     """Detects the Shapes domain's circles, squares and triangles and reads their palette colour."""
+
+    classes = frozenset(SHAPES)
 
     def __init__(self, max_color_distance: float = 90.0, min_area_fraction: float = 0.004, fill_margin: float = 0.1):
         self.max_color_distance = max_color_distance

@@ -1,15 +1,19 @@
-"""GenEval's detector for real images: a transformers object detector + CLIP colour classification, local paths."""
+"""GenEval's detectors for real images, from local paths: Mask2Former instance segmentation (as the official
+scorer) or any transformers object detector (e.g. DETR, lighter), each with CLIP colour classification."""
 
+import numpy as np
 import torch
 from PIL import Image
 
-from sana_lightning.eval.geneval import COLORS, Detection
+from sana_lightning.eval.geneval import COLORS, Detection, geneval_class
+from sana_lightning.local_paths import local_model_dir
 
 COLOR_TEMPLATES = (
     "a photo of a {color} {object}",
     "a photo of a {color}-colored {object}",
     "a photo of a {color} object",
 )
+BACKGROUND = "#999999"  # GenEval's default `bgcolor`: what replaces the pixels outside an object's mask
 
 
 def _projected(output) -> torch.Tensor:
@@ -17,36 +21,29 @@ def _projected(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-class TransformersDetector:
-    """Any `AutoModelForObjectDetection` (e.g. DETR with COCO labels) and a CLIP model, both from local directories.
+def masked_crop(image: Image.Image, detection: Detection, background: str = BACKGROUND) -> Image.Image:
+    """What CLIP sees, as in GenEval: pixels outside the detection's mask (if any) set to `background`, then the
+    crop to its box."""
+    image = image.convert("RGB")
+    if detection.mask is not None:
+        blank = Image.new("RGB", image.size, background)
+        image = Image.composite(image, blank, Image.fromarray(detection.mask.astype(np.uint8) * 255))
+    return image.crop(tuple(int(round(v)) for v in detection.box))
 
-    Colour is GenEval's: each detected object is pasted on a grey (#999) background (within its mask, when the
-    detector gives one), cropped to its box, and classified zero-shot among the 10 colours with GenEval's three
-    templates (text embeddings averaged per colour).
-    """
 
-    def __init__(self, detector_path: str, clip_path: str, device: str = "cpu", background: str = "#999999") -> None:
-        from transformers import AutoImageProcessor, AutoModel, AutoModelForObjectDetection, AutoProcessor
+class CLIPColors:
+    """GenEval's colour classification: each object's masked crop, zero-shot among the 10 colours with GenEval's
+    three templates (text embeddings averaged per colour), by a CLIP model from a local directory."""
 
+    def __init__(self, clip_path: str, device: str = "cpu", background: str = BACKGROUND) -> None:
+        from transformers import AutoModel, AutoProcessor
+
+        clip_path = local_model_dir(clip_path, "CLIP model", "pass --clip_path DIR (e.g. clip-vit-large-patch14)")
         self.device = device
         self.background = background
-        self.processor = AutoImageProcessor.from_pretrained(detector_path)
-        self.model = AutoModelForObjectDetection.from_pretrained(detector_path).to(device).eval()
         self.clip_processor = AutoProcessor.from_pretrained(clip_path)
         self.clip = AutoModel.from_pretrained(clip_path).to(device).eval()
         self._color_embeddings: dict[str, torch.Tensor] = {}
-
-    @torch.no_grad()
-    def detect(self, image: Image.Image) -> dict[str, list[Detection]]:
-        inputs = self.processor(images=image.convert("RGB"), return_tensors="pt").to(self.device)
-        outputs = self.model(**inputs)
-        result = self.processor.post_process_object_detection(
-            outputs, threshold=0.0, target_sizes=[(image.height, image.width)]
-        )[0]
-        found: dict[str, list[Detection]] = {}
-        for score, label, box in zip(result["scores"].tolist(), result["labels"].tolist(), result["boxes"].tolist()):
-            found.setdefault(self.model.config.id2label[label], []).append(Detection(tuple(box), score))
-        return found
 
     @torch.no_grad()
     def _text_embeddings(self, classname: str) -> torch.Tensor:
@@ -58,33 +55,110 @@ class TransformersDetector:
             self._color_embeddings[classname] = torch.nn.functional.normalize(text, dim=-1)
         return self._color_embeddings[classname]
 
-    def _crop(self, image: Image.Image, detection: Detection) -> Image.Image:
-        image = image.convert("RGB")
-        if detection.mask is not None:
-            blank = Image.new("RGB", image.size, self.background)
-            image = Image.composite(image, blank, Image.fromarray(detection.mask.astype("uint8") * 255))
-        return image.crop(tuple(int(round(v)) for v in detection.box))
-
     @torch.no_grad()
     def colors(self, image: Image.Image, detections: list[Detection], classname: str) -> list[str]:
         if not detections:
             return []
-        crops = [self._crop(image, d) for d in detections]
+        crops = [masked_crop(image, d, self.background) for d in detections]
         pixels = self.clip_processor.image_processor(images=crops, return_tensors="pt")["pixel_values"].to(self.device)
         features = torch.nn.functional.normalize(_projected(self.clip.get_image_features(pixel_values=pixels)), dim=-1)
         return [COLORS[i] for i in (features @ self._text_embeddings(classname).T).argmax(-1).tolist()]
 
 
+class TransformersDetector(CLIPColors):
+    """Any `AutoModelForObjectDetection` (e.g. DETR with COCO labels): boxes only, so colour is judged on the
+    whole box crop."""
+
+    def __init__(self, detector_path: str, clip_path: str, device: str = "cpu", background: str = BACKGROUND) -> None:
+        from transformers import AutoImageProcessor, AutoModelForObjectDetection
+
+        detector_path = local_model_dir(detector_path, "detector", "pass --detector_path DIR (e.g. detr-resnet-50)")
+        super().__init__(clip_path, device, background)
+        self.processor = AutoImageProcessor.from_pretrained(detector_path)
+        self.model = AutoModelForObjectDetection.from_pretrained(detector_path).to(device).eval()
+        self.classes = frozenset(map(geneval_class, self.model.config.id2label.values()))
+
+    @torch.no_grad()
+    def detect(self, image: Image.Image) -> dict[str, list[Detection]]:
+        inputs = self.processor(images=image.convert("RGB"), return_tensors="pt").to(self.device)
+        outputs = self.model(**inputs)
+        result = self.processor.post_process_object_detection(
+            outputs, threshold=0.0, target_sizes=[(image.height, image.width)]
+        )[0]
+        found: dict[str, list[Detection]] = {}
+        for score, label, box in zip(result["scores"].tolist(), result["labels"].tolist(), result["boxes"].tolist()):
+            found.setdefault(geneval_class(self.model.config.id2label[label]), []).append(Detection(tuple(box), score))
+        return found
+
+
+def instances(
+    class_logits: torch.Tensor, mask_logits: torch.Tensor, pixel_mask: torch.Tensor, size: tuple[int, int]
+) -> list[tuple[int, float, np.ndarray]]:
+    """mmdet's Mask2Former instance post-processing of one image: mask logits upsampled to the padded input,
+    cropped to the image, resized to its `size` (height, width); the top (query, class) pairs, one per query, each
+    scored class probability x mean mask probability inside its mask (logit > 0). (label, score, mask) a non-empty
+    mask."""
+    resize = torch.nn.functional.interpolate
+    masks = resize(mask_logits[None], size=pixel_mask.shape, mode="bilinear", align_corners=False)[0]
+    height, width = int(pixel_mask.any(1).sum()), int(pixel_mask.any(0).sum())
+    masks = resize(masks[None, :, :height, :width], size=size, mode="bilinear", align_corners=False)[0]
+    probabilities = class_logits.softmax(-1)[:, :-1]  # the last class is "no object"
+    num_classes = probabilities.shape[1]
+    top, indices = probabilities.flatten().topk(len(class_logits))
+    masks = masks[indices // num_classes]
+    binary = masks > 0
+    mask_scores = (masks.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+    scores = (top * mask_scores).tolist()
+    found = zip((indices % num_classes).tolist(), scores, binary.cpu().numpy())
+    return [(label, score, mask) for label, score, mask in found if mask.any()]
+
+
+def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
+    """The box (x0, y0, x1, y1) around a mask's pixels, as mmdet's `mask2bbox`."""
+    ys, xs = np.nonzero(mask)
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+
+
+class Mask2FormerDetector(CLIPColors):
+    """A `Mask2FormerForUniversalSegmentation` instance-segmentation checkpoint (e.g. Swin-S COCO instance, the
+    official scorer's model family): boxes from masks, and colour judged on the masked object."""
+
+    def __init__(self, detector_path: str, clip_path: str, device: str = "cpu", background: str = BACKGROUND) -> None:
+        from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
+
+        detector_path = local_model_dir(
+            detector_path, "Mask2Former model", "pass --detector_path DIR (e.g. mask2former-swin-small-coco-instance)"
+        )
+        super().__init__(clip_path, device, background)
+        self.processor = AutoImageProcessor.from_pretrained(detector_path)
+        self.model = Mask2FormerForUniversalSegmentation.from_pretrained(detector_path).to(device).eval()
+        self.classes = frozenset(map(geneval_class, self.model.config.id2label.values()))
+
+    @torch.no_grad()
+    def detect(self, image: Image.Image) -> dict[str, list[Detection]]:
+        inputs = self.processor(images=image.convert("RGB"), return_tensors="pt").to(self.device)
+        outputs = self.model(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
+        size = (image.height, image.width)
+        found: dict[str, list[Detection]] = {}
+        logits = outputs.class_queries_logits[0], outputs.masks_queries_logits[0]
+        for label, score, mask in instances(*logits, inputs["pixel_mask"][0], size):
+            name = geneval_class(self.model.config.id2label[label])
+            found.setdefault(name, []).append(Detection(mask_box(mask), score, mask))
+        return found
+
+
 def make_detector(
     name: str = "shapes", detector_path: str | None = None, clip_path: str | None = None, device: str = "cpu"
 ):
-    """`shapes` (the exact Shapes detector) or `transformers` (detector + CLIP from local paths)."""
+    """`shapes` (the exact Shapes detector), `mask2former` (instance segmentation + CLIP on the masked object, as
+    GenEval) or `transformers` (an object detector + CLIP on the box), models from local paths."""
     if name == "shapes":
         from sana_lightning.eval.shapes_detector import ShapesDetector
 
         return ShapesDetector()
-    if name == "transformers":
+    if name in ("mask2former", "transformers"):
         if not detector_path or not clip_path:
-            raise ValueError("the transformers detector needs detector_path and clip_path (local model directories)")
-        return TransformersDetector(detector_path, clip_path, device)
-    raise ValueError(f"unknown detector '{name}': use shapes or transformers")
+            raise ValueError(f"the {name} detector needs --detector_path and --clip_path (local model directories)")
+        backend = Mask2FormerDetector if name == "mask2former" else TransformersDetector
+        return backend(detector_path, clip_path, device)
+    raise ValueError(f"unknown detector '{name}': use shapes, mask2former or transformers")

@@ -1,5 +1,7 @@
-"""Judges of "does this image match the prompt?": a VLM (yes/no probabilities), CLIP, and the GenEval oracle."""
+"""Judges of "does this image match the prompt?": a VLM verifier (yes/no probabilities), CLIP, the GenEval oracle."""
 
+import json
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -7,6 +9,7 @@ from PIL import Image
 
 from sana_lightning.eval.geneval import Detector, score_image
 from sana_lightning.inference_scaling.tournament import Verdict
+from sana_lightning.local_paths import local_model_dir
 
 
 class Judge(Protocol):
@@ -15,39 +18,128 @@ class Judge(Protocol):
 
 
 class VLMJudge:
-    """Any transformers image-text-to-text model from a local path (SANA 1.5 uses NVILA-2B).
+    """A vision-language verifier from a local path, asked SANA 1.5's yes/no question about each image.
 
-    Asks whether the image matches the prompt and reads the probabilities of the next token being "yes" or "no"
-    after the chat template's generation prompt; the answer is the likelier of the two.
+    SANA 1.5's judge is NVILA-Lite-2B-Verifier, trained on `OFFICIAL_PROMPT` (the default; `question` replaces it,
+    with `{prompt}` where the image's prompt goes). Like SANA's `nvila_sana_pick.py`, the verdict comes from the
+    scores of the first generated token (`generate(max_new_tokens=1, output_scores=True)`, greedy): `p_yes` / `p_no`
+    are that token's full-vocabulary softmax probabilities summed over the single-token spellings of "yes" / "no"
+    (any case, with or without a leading space), and the answer is "yes" when `p_yes > p_no`. The tournament then
+    compares two "yes" by `p_yes` and two "no" by `p_no` (`tournament.beats`).
+
+    Built-in transformers models load as they are. A verifier with its own modeling code (`auto_map` in its
+    `config.json`, as NVILA's) runs that code only with `trust_remote_code=True`: off by default, since it executes
+    Python from the model directory. Images are judged `batch_size` at a time, left-padded, in one `generate` each.
     """
 
-    QUESTION = 'Does this image match the description "{prompt}"? Answer yes or no.'
+    OFFICIAL_PROMPT = (
+        "You are an AI assistant specializing in image analysis and ranking. Your task is to analyze and compare "
+        "image based on how well they match the given prompt. The given prompt is:{prompt}. Please consider the "
+        "prompt and the image to make a decision and response directly with 'yes' or 'no'."
+    )
+    ANSWERS = {"yes": ("yes", "Yes", "YES"), "no": ("no", "No", "NO")}
+    MODEL_CLASSES = ("AutoModelForImageTextToText", "AutoModelForCausalLM", "AutoModel")
+    """Tried in order: built-in VLMs register as the first, custom-code verifiers often as the others."""
 
-    def __init__(self, path: str, device: str = "cpu") -> None:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+    def __init__(
+        self,
+        path: str,
+        question: str = OFFICIAL_PROMPT,
+        trust_remote_code: bool = False,
+        device: str = "cpu",
+        dtype: str = "float32",
+        batch_size: int = 8,
+    ) -> None:
+        import transformers
 
-        self.processor = AutoProcessor.from_pretrained(path)
-        self.model = AutoModelForImageTextToText.from_pretrained(path).to(device).eval()
-        self.device = device
+        local_model_dir(path, "VLM judge path", "set judge_path to a local transformers vision-language model")
+        if "{prompt}" not in question:
+            raise ValueError(f"the VLM judge's question {question!r} has no {{prompt}}: put it where the prompt goes")
+        config = json.loads((Path(path) / "config.json").read_text()) if (Path(path) / "config.json").exists() else {}
+        custom = "auto_map" in config and config.get("model_type") not in transformers.CONFIG_MAPPING
+        if custom and not trust_remote_code:
+            raise ValueError(
+                f"VLM judge '{path}' is a custom-code model (model_type {config.get('model_type')!r}, auto_map in "
+                "config.json): add --trust_remote_code true to run its code (off by default; only for code you trust)"
+            )
+        self.question, self.device, self.batch_size = question, device, batch_size
+        self.dtype = getattr(torch, dtype)
+        self.processor = transformers.AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        self.model, failures = None, []
+        for name in self.MODEL_CLASSES:
+            try:
+                model = getattr(transformers, name).from_pretrained(
+                    path, trust_remote_code=trust_remote_code, dtype=self.dtype
+                )
+            except ValueError as error:  # "Unrecognized configuration class ... for this kind of AutoModel"
+                failures.append(f"{name}: {str(error).splitlines()[0][:160]}")
+                continue
+            if model.can_generate():
+                self.model = model.to(device).eval()
+                break
+            failures.append(f"{name}: {type(model).__name__} has no language-model head")
+        if self.model is None:
+            raise ValueError(f"VLM judge '{path}' loads as no generative model ({'; '.join(failures)})")
         tokenizer = self.processor.tokenizer
-        self.answer_ids = [tokenizer(word, add_special_tokens=False).input_ids[0] for word in ("yes", "no")]
+        tokenizer.padding_side = "left"  # generation continues every prompt from its last position
+        self.answer_ids = {answer: self._token_ids(tokenizer, words) for answer, words in self.ANSWERS.items()}
+        if not all(self.answer_ids.values()) or set(self.answer_ids["yes"]) & set(self.answer_ids["no"]):
+            raise ValueError(f"VLM judge '{path}': its tokenizer has no single tokens for both 'yes' and 'no'")
+
+    @staticmethod
+    def _token_ids(tokenizer, words: tuple[str, ...]) -> list[int]:
+        """Ids of every single-token spelling of `words`, bare and with a leading space (as encoded, and as the
+        vocabulary's own `Ġ` / `▁` space markers)."""
+        vocabulary, ids = tokenizer.get_vocab(), set()
+        for word in words:
+            for text in (word, " " + word):
+                encoded = tokenizer(text, add_special_tokens=False).input_ids
+                if len(encoded) == 1:
+                    ids.add(encoded[0])
+            ids.update(vocabulary[token] for token in (word, "Ġ" + word, "▁" + word) if token in vocabulary)
+        return sorted(ids)
+
+    def judge(self, images: list[Image.Image], prompt: str) -> list[Verdict]:
+        return self.judge_pairs([(prompt, image) for image in images])
 
     @torch.no_grad()
-    def judge(self, images: list[Image.Image], prompt: str) -> list[Verdict]:
-        messages = [
-            {
-                "role": "user",
-                "content": [{"type": "image"}, {"type": "text", "text": self.QUESTION.format(prompt=prompt)}],
-            }
-        ]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+    def judge_pairs(self, pairs: list[tuple[str, Image.Image]]) -> list[Verdict]:
+        """One verdict per (prompt, image), `batch_size` pairs a forward."""
         verdicts = []
-        for image in images:
-            inputs = self.processor(images=image, text=text, return_tensors="pt").to(self.device)
-            logits = self.model(**inputs).logits[0, -1].float()
-            p_yes, p_no = torch.softmax(logits, dim=-1)[self.answer_ids].tolist()
-            verdicts.append(Verdict(p_yes > p_no, p_yes, p_no))
+        for start in range(0, len(pairs), self.batch_size):
+            verdicts += self._judge_batch(pairs[start : start + self.batch_size])
         return verdicts
+
+    def inputs(self, pairs: list[tuple[str, Image.Image]]) -> dict:
+        """The model inputs of a left-padded batch: chat template with the image, then the question."""
+        texts = [
+            self.processor.apply_chat_template(
+                [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image"}, {"type": "text", "text": self.question.format(prompt=prompt)}],
+                    }
+                ],
+                add_generation_prompt=True,
+            )
+            for prompt, _ in pairs
+        ]
+        batch = self.processor(images=[image for _, image in pairs], text=texts, padding=True, return_tensors="pt")
+        return {
+            k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device) for k, v in batch.items()
+        }
+
+    def first_token_scores(self, pairs: list[tuple[str, Image.Image]]) -> torch.Tensor:
+        """`[B, vocab]` scores of the first generated token, greedy, as SANA's verifier code reads them."""
+        output = self.model.generate(
+            **self.inputs(pairs), max_new_tokens=1, do_sample=False, output_scores=True, return_dict_in_generate=True
+        )
+        return output.scores[0].float()
+
+    def _judge_batch(self, pairs: list[tuple[str, Image.Image]]) -> list[Verdict]:
+        log_probs = torch.log_softmax(self.first_token_scores(pairs), dim=-1)
+        p_yes, p_no = (log_probs[:, self.answer_ids[a]].logsumexp(-1).exp().tolist() for a in ("yes", "no"))
+        return [Verdict(y > n, y, n) for y, n in zip(p_yes, p_no)]
 
 
 class CLIPJudge:
@@ -56,6 +148,7 @@ class CLIPJudge:
     def __init__(self, path: str, device: str = "cpu", threshold: float = 0.25) -> None:
         from transformers import AutoModel, AutoProcessor
 
+        local_model_dir(path, "CLIP judge path", "set judge_path to a local transformers CLIP model")
         self.processor = AutoProcessor.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).to(device).eval()
         self.device = device
