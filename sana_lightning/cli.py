@@ -8,6 +8,7 @@ others (`shapes`, `shards`, `precompute`, `grow`, `importance`, `prune`, `genera
 import json
 import os
 import sys
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,7 @@ from typing import Literal
 import torch
 from jsonargparse import CLI
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
@@ -24,16 +26,18 @@ from sana_lightning.data.datamodule import ShardStream, expand_shards
 from sana_lightning.data.folder_shards import write_folder_shards
 from sana_lightning.data.precompute import precompute
 from sana_lightning.data.shapes import write_shapes_dataset
-from sana_lightning.eval.folder import prompt_slice, score_folder, write_folder
+from sana_lightning.eval.folder import folder_requests, prompt_slice
 from sana_lightning.eval.geneval import format_summary, read_metadata, summarize
 from sana_lightning.eval.prompts import COCO_CLASSES, SHAPES_CLASSES, geneval_prompts
+from sana_lightning.eval.scoring import score_folder_on_devices
 from sana_lightning.eval.shapes_detector import ShapesDetector
 from sana_lightning.eval.transformers_detector import make_detector
 from sana_lightning.export import export_diffusers
+from sana_lightning.generation import TrainerOptions, generate_requests
 from sana_lightning.growth import GrowthConfig, Init, Strategy, grow
-from sana_lightning.images import frame, image_grid, pil_to_tensor, to_pil
-from sana_lightning.inference_scaling import CLIPJudge, GenEvalOracleJudge, VLMJudge, scale
-from sana_lightning.inference_scaling.search import Selection
+from sana_lightning.images import frame, image_grid, pil_to_tensor
+from sana_lightning.inference_scaling import CLIPJudge, GenEvalOracleJudge, VLMJudge
+from sana_lightning.inference_scaling.search import Selection, select_candidates
 from sana_lightning.memory import OPTIMIZERS, MemoryPlan, memory_plan
 from sana_lightning.module import SanaFlowModule
 from sana_lightning.plots import importance_figure
@@ -76,11 +80,22 @@ def grow_checkpoint(
 
 
 def _measure_importance(
-    module: SanaFlowModule, shards: str, batch_size: int, num_sigmas: int, loss_delta: bool, seed: int
+    module: SanaFlowModule,
+    shards: str,
+    batch_size: int,
+    num_sigmas: int,
+    loss_delta: bool,
+    seed: int,
+    trainer: TrainerOptions | None = None,
 ) -> Importance:
+    """Importance on the first device of the `trainer`'s flags (the module is moved there), in its precision (fp32,
+    or autocast for `bf16-mixed`): on the CPU in fp32, the same scores as without flags there."""
+    device, precision = (trainer or TrainerOptions()).device_and_precision()
+    module.to(device)
     stream = ShardStream(expand_shards(shards), batch_size, module.hparams.image_size, 1, shuffle_buffer=1, seed=seed)
-    calibration = module.calibration_batch(next(iter(stream)), seed)
-    return block_importance(module.transformer, calibration, module.calibration_sigmas(num_sigmas), loss_delta)
+    with precision.forward_context():
+        calibration = module.calibration_batch(next(iter(stream)), seed)
+        return block_importance(module.transformer, calibration, module.calibration_sigmas(num_sigmas), loss_delta)
 
 
 def _write_importance(importance: Importance, out: Path, record: dict, removed: list[int] | None = None) -> None:
@@ -110,11 +125,13 @@ def importance_report(
     text_encoder: str | None = None,
     autoencoder: str | None = None,
     image_size: int | None = None,
+    trainer: TrainerOptions | None = None,
 ) -> Importance:
     """Block importance of a checkpoint (or diffusers directory: give `text_encoder` / `autoencoder` / `image_size`
-    unless it was exported by sana-lightning) on a calibration batch of `shards`: `importance.json` and `.png`."""
+    unless it was exported by sana-lightning) on a calibration batch of `shards`: `importance.json` and `.png`.
+    Measured on the first device of `trainer` (`--trainer.accelerator cuda --trainer.precision bf16-mixed`)."""
     module = _load(checkpoint, text_encoder, autoencoder, image_size)
-    importance = _measure_importance(module, shards, batch_size, num_sigmas, loss_delta, seed)
+    importance = _measure_importance(module, shards, batch_size, num_sigmas, loss_delta, seed, trainer)
     _write_importance(importance, Path(out_dir), {"checkpoint": checkpoint})
     return importance
 
@@ -132,15 +149,19 @@ def prune_checkpoint(
     text_encoder: str | None = None,
     autoencoder: str | None = None,
     image_size: int | None = None,
+    trainer: TrainerOptions | None = None,
 ) -> Path:
     """Remove the least important blocks by `criterion` (cosine, angular, loss_delta; or the baselines random,
     last) down to `target_depth`; write a diffusers directory and `prune.json`. A diffusers input needs
-    `text_encoder` / `autoencoder` / `image_size` unless it was exported by sana-lightning."""
+    `text_encoder` / `autoencoder` / `image_size` unless it was exported by sana-lightning. Importance is measured
+    on the first device of `trainer` (`--trainer.accelerator cuda --trainer.precision bf16-mixed`); the weights
+    written are the checkpoint's, whatever the precision."""
     module = _load(checkpoint, text_encoder, autoencoder, image_size)
     depth = len(module.transformer.transformer_blocks)
     importance = None
     if criterion in METRICS:
-        importance = _measure_importance(module, shards, batch_size, num_sigmas, criterion == "loss_delta", seed)
+        loss_delta = criterion == "loss_delta"
+        importance = _measure_importance(module, shards, batch_size, num_sigmas, loss_delta, seed, trainer)
     removed = select_blocks(depth, target_depth, criterion, importance, protect_ends, seed)
     out = Path(out_dir)
     pruned = prune(module.transformer, removed)
@@ -169,18 +190,17 @@ def generate_images(
     steps: int | None = None,
     guidance_scale: float | None = None,
     prompts: str | None = None,
+    trainer: TrainerOptions | None = None,
 ) -> Path:
     """Generate GenEval's image folder (`<out_dir>/00000/samples/0000.png ...`) for a metadata file, or for the
-    `prompts` slice of it (`0:50`; folders keep the metadata's indices); resumable."""
-    chosen = prompt_slice(prompts)
-    records = read_metadata(metadata)
+    `prompts` slice of it (`0:50`; folders keep the metadata's indices), in Lightning's predict loop on the
+    `trainer`'s devices (`--trainer.devices 8`: the same files as 1 device); a rerun makes only what is missing."""
+    requests = folder_requests(out_dir, read_metadata(metadata), images_per_prompt, seed, prompt_slice(prompts))
     module = SanaFlowModule.from_checkpoint(checkpoint)
     sampler = replace(module.sampler, **{k: v for k, v in (("steps", steps), ("guidance_scale", guidance_scale)) if v})
-
-    def generate(texts: list[str], seeds: list[int]) -> list:
-        return [to_pil(image) for image in module.generate(texts, seeds, sampler, batch_size=batch_size)]
-
-    return write_folder(out_dir, records, images_per_prompt, generate, batch_size, seed, chosen)
+    made = generate_requests(module, requests, sampler, batch_size, trainer or TrainerOptions())
+    print(f"made {made} of the {len(requests)} missing images of {out_dir} in this process")
+    return Path(out_dir)
 
 
 def geneval_score(
@@ -189,11 +209,23 @@ def geneval_score(
     detector_path: str | None = None,
     clip_path: str | None = None,
     out_file: str | None = None,
-    device: str = "cpu",
+    device: str | None = None,
+    batch_size: int = 16,
+    trainer: TrainerOptions | None = None,
 ) -> dict:
     """Score a GenEval image folder with `detector` (`shapes`, `mask2former` or `transformers`, the latter two with
-    local `detector_path` and `clip_path`); print GenEval's summary and write per-image results + summary as JSON."""
-    results = score_folder(image_dir, make_detector(detector, detector_path, clip_path, device))
+    local `detector_path` and `clip_path`), `batch_size` images a detector forward, in Lightning's predict loop on the
+    `trainer`'s devices (`--trainer.devices 8`: the same results as 1 device; `--device cuda` is short for one device
+    of that kind); print GenEval's summary and write per-image results + summary as JSON (summary: rank 0's)."""
+    if device is not None and trainer is not None:
+        raise ValueError(f"--device {device} and --trainer.*: give the device as --trainer.accelerator only")
+    if trainer is None:
+        kind, _, index = (device or "auto").partition(":")
+        trainer = TrainerOptions(accelerator=kind, devices=f"{index}," if index else 1) if device else TrainerOptions()
+    scorer = make_detector(detector, detector_path, clip_path)  # on the CPU: Lightning moves it to its device
+    results = score_folder_on_devices(image_dir, scorer, batch_size, trainer)
+    if results is None:  # not rank 0: it gathers and reports
+        return {}
     summary = summarize(results)
     print(format_summary(summary))
     out = Path(out_file or Path(image_dir) / "geneval.json")
@@ -256,22 +288,29 @@ def scale_command(
     device: str = "cpu",
     log_dir: str = "runs/scale",
     grid_prompts: int = 8,
-) -> dict:
+    trainer: TrainerOptions | None = None,
+) -> dict | None:
     """Inference-time scaling: `num_candidates` images a prompt, judged, best `k` kept in GenEval's layout under
     `out_dir` (+ `scores.json`); a grid of candidates (at most 64 a prompt, winners framed) goes to TensorBoard in
-    `log_dir`. `solver` / `steps` / `guidance_scale` override the checkpoint's sampler. The `vlm` judge asks SANA's
+    `log_dir`. Candidates are made in Lightning's predict loop on the `trainer`'s devices (`--trainer.devices 8`:
+    the same images as 1 device; a rerun makes only the missing ones); the judge runs on `device` in the first
+    process. `solver` / `steps` / `guidance_scale` override the checkpoint's sampler. The `vlm` judge asks SANA's
     verifier prompt (`question` replaces it, with `{prompt}`); `trust_remote_code` lets a custom-code verifier such
     as NVILA run its own code (off by default)."""
-    module = SanaFlowModule.from_checkpoint(checkpoint).to(device)
+    records = read_prompts(prompts)
+    first_process = rank_zero_only.rank == 0
+    if first_process:  # a bad judge fails before any image is made
+        chosen_judge = make_judge(judge, judge_path, records, question, trust_remote_code, device)
+    module = SanaFlowModule.from_checkpoint(checkpoint)
     overrides = {"solver": solver, "steps": steps, "guidance_scale": guidance_scale}
     sampler = replace(module.sampler, **{name: v for name, v in overrides.items() if v is not None})
-    records = read_prompts(prompts)
-    chosen_judge = make_judge(judge, judge_path, records, question, trust_remote_code, device)
-
-    def generate(batch_prompts: list[str], seeds: list[int]) -> list:
-        return [to_pil(image) for image in module.generate(batch_prompts, seeds, sampler, batch_size=batch_size)]
-
-    result = scale(out_dir, records, generate, chosen_judge, num_candidates, k, selection, batch_size, seed)
+    start = time.perf_counter()
+    requests = folder_requests(Path(out_dir) / "candidates", records, num_candidates, seed)
+    generate_requests(module, requests, sampler, batch_size, trainer or TrainerOptions())
+    if not first_process:
+        return None
+    seconds = time.perf_counter() - start
+    result = select_candidates(out_dir, records, chosen_judge, num_candidates, k, selection, batch_size, seconds)
     writer = SummaryWriter(log_dir)
     for index, entry in enumerate(result["prompts"][:grid_prompts]):
         winners = entry["winners"]

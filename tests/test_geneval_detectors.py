@@ -2,6 +2,7 @@
 
 import json
 import logging
+import random
 
 import numpy as np
 import pytest
@@ -9,6 +10,8 @@ import torch
 from PIL import Image
 from tiny_models import save_tiny_detr
 
+from sana_lightning.data.shapes import TASKS, SceneSampler, render
+from sana_lightning.eval.folder import score_folder, write_folder
 from sana_lightning.eval.geneval import COCO_CLASSES, COLORS, Detection, check_vocabulary, read_metadata, score_image
 from sana_lightning.eval.shapes_detector import ShapesDetector
 from sana_lightning.eval.transformers_detector import (
@@ -155,6 +158,51 @@ def test_mask2former_detector_scores_end_to_end_from_local_paths(tiny_mask2forme
     metadata = {"tag": "colors", "include": [{"class": "cup", "count": 1, "color": "red"}], "prompt": "a red cup"}
     ok, reason = score_image(image, metadata, detector)  # random weights: any verdict, but a colour was judged
     assert ok or reason.split(", found ")[1] in COLORS
+
+
+def batch_images() -> list[Image.Image]:
+    """Different images of one size, and one of another (a batch the processor would have to pad)."""
+    scenes = [SceneSampler(48, random.Random(seed)).sample(TASKS[seed % len(TASKS)]) for seed in range(5)]
+    return [render(s.objects, 48) for s in scenes] + [render(scenes[0].objects, 32)]
+
+
+def assert_same_detections(batched: dict[str, list[Detection]], single: dict[str, list[Detection]]) -> None:
+    assert list(batched) == list(single)  # the same labels, in the same order
+    for name in single:
+        assert len(batched[name]) == len(single[name])
+        for a, b in zip(batched[name], single[name]):
+            assert a.box == pytest.approx(b.box, abs=1e-5) and a.score == pytest.approx(b.score, abs=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["transformers", "mask2former"])
+def test_batched_detection_and_colours_equal_one_by_one(
+    backend, tiny_mask2former, tiny_coco_detr, tiny_detector_and_clip
+):
+    path = tiny_mask2former if backend == "mask2former" else tiny_coco_detr
+    detector = make_detector(backend, str(path), str(tiny_detector_and_clip[1]))
+    images = batch_images()
+    batched = detector.detect_batch(images)
+    assert len(batched) == len(images) and sum(len(d) for found in batched for d in found.values()) > len(images)
+    for found, image in zip(batched, images):
+        assert_same_detections(found, detector.detect(image))
+    # Crops of every image, each group compared with its own class's colour prompts, in one CLIP forward.
+    crops = [(image, found[:3]) for image, per_class in zip(images, batched) for found in per_class.values()]
+    groups = [(image, found, name) for image, found in crops for name in ("cup", "bus")] + [(images[0], [], "cup")]
+    assert detector.colors_batch(groups) == [detector.colors(*group) for group in groups]
+
+
+def test_scoring_a_folder_in_batches_equals_one_by_one(tiny_detector_and_clip, tmp_path):
+    detector = TransformersDetector(*map(str, tiny_detector_and_clip))
+    with torch.no_grad():  # confident circles everywhere, so the colours of circles are judged
+        detector.model.class_labels_classifier.bias[detector.model.config.label2id["circle"]] = 50.0
+    sampler = SceneSampler(32, random.Random(0))
+    scenes = [sampler.sample(tag) for tag in TASKS for _ in range(2)]
+    write_folder(
+        tmp_path, [s.metadata() for s in scenes], 2, lambda p, s: [render(scenes[i % 12].objects, 32) for i in s]
+    )
+    one_by_one = score_folder(tmp_path, detector, batch_size=1)
+    assert len(one_by_one) == 24 and any(f"circle>=1, found {c}" in r.reason for r in one_by_one for c in COLORS)
+    assert score_folder(tmp_path, detector, batch_size=4) == one_by_one
 
 
 def test_make_detector_names_what_is_missing(tmp_path, tiny_detector_and_clip):

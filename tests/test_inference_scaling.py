@@ -81,6 +81,20 @@ def test_clip_and_vlm_judges_run_from_local_paths(tiny_detector_and_clip, tiny_v
     assert len(vlm) == 2 and all(0 < v.p_yes < 1 and 0 < v.p_no < 1 and v.yes == (v.p_yes > v.p_no) for v in vlm)
 
 
+def test_batched_clip_judging_equals_one_by_one(tiny_detector_and_clip):
+    scene, good, bad = scene_and_renders()
+    prompts = ["a photo of a red circle", scene.prompt, "a blue-square", "a photo of a red circle", "x"]
+    pairs = list(zip(prompts, [good, bad, good, bad, good]))
+    judge = CLIPJudge(str(tiny_detector_and_clip[1]), batch_size=3)  # two batches, several prompts in each
+    one_by_one = [judge.judge([image], prompt)[0] for prompt, image in pairs]
+    together = judge.judge_pairs(pairs)
+    assert len(together) == len(pairs) and len({v.p_yes for v in together}) > 2
+    for batched, single in zip(together, one_by_one):
+        assert batched.yes == single.yes and batched.p_yes == pytest.approx(single.p_yes, abs=1e-5)
+        assert batched.p_no == pytest.approx(single.p_no, abs=1e-5)
+    assert judge.judge([good, bad], prompts[0]) == judge.judge_pairs([(prompts[0], good), (prompts[0], bad)])
+
+
 def test_scale_selects_the_correct_candidate_and_resumes_without_regenerating(tmp_path):
     scene, good, bad = scene_and_renders()
     calls = []

@@ -104,6 +104,20 @@ def test_importance_and_prune_commands_write_reports_and_a_diffusers_model(tiny_
     assert record["removed"] == expected and len(record["kept"]) == 2
 
 
+def test_importance_on_the_trainer_flags_device_and_precision(tiny_checkpoint, shapes_dir, tmp_path):
+    """`--trainer.accelerator cpu` measures what no flag measures here; `bf16-mixed` runs the passes in autocast."""
+    calibration = ["--shards", f"{shapes_dir}/val-*.tar", "--batch_size", "4", "--num_sigmas", "2"]
+    flags = {"none": [], "cpu": ["--trainer.accelerator", "cpu"], "bf16": ["--trainer.precision", "bf16-mixed"]}
+    reports = {}
+    for name, extra in flags.items():
+        main(["importance", str(tiny_checkpoint), "--out_dir", str(tmp_path / name), *calibration, *extra])
+        reports[name] = json.loads((tmp_path / name / "importance.json").read_text())["scores"]
+    assert reports["cpu"] == reports["none"]
+    assert reports["bf16"].keys() == reports["none"].keys() and reports["bf16"] != reports["none"]
+    for metric, scores in reports["none"].items():
+        torch.testing.assert_close(torch.tensor(reports["bf16"][metric]), torch.tensor(scores), rtol=0.5, atol=0.05)
+
+
 def test_importance_and_prune_run_on_precomputed_shards_as_on_raw_ones(tiny_checkpoint, shapes_dir, tmp_path):
     """Calibration batches go through `encode_batch`, so the `precompute` command's shards (latents and caption
     features) calibrate exactly as the raw images and captions they were made from."""

@@ -2,13 +2,15 @@
 
 import json
 import logging
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sana_lightning.eval.geneval import Detector, ImageResult, check_vocabulary, parse_record, score_image
+from sana_lightning.eval.geneval import Detector, ImageResult, check_vocabulary, parse_record, score_images
 
 log = logging.getLogger(__name__)
 SAMPLES = "[0-9][0-9][0-9][0-9].png"
@@ -25,6 +27,48 @@ def prompt_slice(text: str | None) -> slice:
     raise ValueError(f"--prompts '{text}' is not a slice of the prompts: write start:stop[:step], e.g. 0:50")
 
 
+@dataclass
+class ImageRequest:
+    """One image to make: its prompt, the seed of its initial noise, where it goes and the prompt's GenEval record."""
+
+    path: str
+    prompt: str
+    seed: int
+    record: dict
+
+
+def folder_requests(
+    out_dir: str | Path, records: list[dict], images_per_prompt: int, seed: int = 0, prompts: slice = slice(None)
+) -> list[ImageRequest]:
+    """The images of GenEval's layout (`<out_dir>/<00000>/samples/0000.png`; image k of prompt i from seed
+    `seed + i * images_per_prompt + k`) for the `prompts` slice of `records` (folders keep the records' indices)
+    that are not on disk yet: a rerun makes only what is missing."""
+    return [
+        ImageRequest(str(path), records[index]["prompt"], seed + index * images_per_prompt + k, records[index])
+        for index in range(len(records))[prompts]
+        for k in range(images_per_prompt)
+        if not (path := Path(out_dir, f"{index:05d}", "samples", f"{k:04d}.png")).exists()
+    ]
+
+
+def write_image(request: ImageRequest, image: Image.Image) -> None:
+    """Write `image` to its request's path, and the prompt's `metadata.jsonl` with its first image: each under a
+    temporary name beside it, then renamed, so a crash never leaves a half-written file (ranks never share a name)."""
+    path = Path(request.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = path.parent.parent / "metadata.jsonl"
+    if not metadata.exists():
+        _write_replacing(metadata, lambda file: file.write((json.dumps(request.record) + "\n").encode()))
+    _write_replacing(path, lambda file: image.save(file, format="PNG"))
+
+
+def _write_replacing(path: Path, write: Callable) -> None:
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temporary, "wb") as file:
+        write(file)
+    os.replace(temporary, path)
+
+
 def write_folder(
     out_dir: str | Path,
     records: list[dict],
@@ -34,32 +78,14 @@ def write_folder(
     seed: int = 0,
     prompts: slice = slice(None),
 ) -> Path:
-    """Generate `images_per_prompt` images a prompt (seed + prompt * images_per_prompt + k) in GenEval's layout,
-    for the `prompts` slice of `records` (folders keep the records' indices); a prompt's folder is created with its
-    first image.
-
-    Resumable: prompts whose samples are all on disk are skipped, so an interrupted run regenerates nothing.
-    """
-    out = Path(out_dir)
-    jobs = []
-    for index in range(len(records))[prompts]:
-        folder = out / f"{index:05d}"
-        for k in range(images_per_prompt):
-            path = folder / "samples" / f"{k:04d}.png"
-            if not path.exists():
-                jobs.append((path, records[index], seed + index * images_per_prompt + k))
-    for start in tqdm(range(0, len(jobs), batch_size), desc="generating", unit="batch"):
-        chunk = jobs[start : start + batch_size]
-        images = generate([record["prompt"] for _, record, _ in chunk], [s for _, _, s in chunk])
-        for (path, record, _), image in zip(chunk, images):
-            metadata = path.parent.parent / "metadata.jsonl"
-            if not metadata.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                metadata.write_text(json.dumps(record) + "\n")
-            temporary = path.with_suffix(".tmp.png")
-            image.save(temporary)
-            temporary.rename(path)  # a crash never leaves a half-written sample behind
-    return out
+    """`folder_requests` made by `generate(prompts, seeds)` in this process, `batch_size` at a time (the `generate`
+    command runs the same requests in Lightning's predict loop, on any number of devices)."""
+    requests = folder_requests(out_dir, records, images_per_prompt, seed, prompts)
+    for start in tqdm(range(0, len(requests), batch_size), desc="generating", unit="batch"):
+        chunk = requests[start : start + batch_size]
+        for request, image in zip(chunk, generate([r.prompt for r in chunk], [r.seed for r in chunk])):
+            write_image(request, image)
+    return Path(out_dir)
 
 
 def load_sample(path: Path) -> Image.Image:
@@ -72,9 +98,20 @@ def load_sample(path: Path) -> Image.Image:
     raise ValueError(f"{path}: unreadable image ({problem}); delete it and rerun `generate` (it makes what is missing)")
 
 
-def score_folder(image_dir: str | Path, detector: Detector) -> list[ImageResult]:
-    """Score every `samples/NNNN.png` of every prompt folder with GenEval's rules; warn (one line each) about prompt
-    folders with missing images and metadata classes the detector cannot report."""
+@dataclass
+class ScoreJob:
+    """One image to score: its prompt folder's index and GenEval record, and its path."""
+
+    prompt_index: int
+    record: dict
+    path: Path
+
+
+def folder_jobs(image_dir: str | Path, detector: Detector, batch_size: int = 16) -> list[ScoreJob]:
+    """Every `samples/NNNN.png` of every prompt folder, in folder then sample order; warn (one line each) about
+    prompt folders with missing images and metadata classes the detector cannot report."""
+    if batch_size < 1:
+        raise ValueError(f"--batch_size {batch_size}: score at least one image at a time")
     root = Path(image_dir)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit()) if root.is_dir() else []
     if not folders:
@@ -96,9 +133,26 @@ def score_folder(image_dir: str | Path, detector: Detector) -> list[ImageResult]
                 f"{len(short)} of {len(folders)} prompt folders in '{image_dir}' have {description} ({shown}): "
                 "the summary leaves those images out; rerun `generate` to make them"
             )
+    return [
+        ScoreJob(int(f.name), record, path) for f, record, paths in zip(folders, records, samples) for path in paths
+    ]
+
+
+def score_jobs(jobs: list[ScoreJob], detector: Detector) -> list[ImageResult]:
+    """GenEval's verdicts on `jobs`, in one batch (one detector forward)."""
+    scores = score_images([load_sample(job.path) for job in jobs], [job.record for job in jobs], detector)
+    return [
+        ImageResult(job.record["tag"], job.prompt_index, correct, reason)
+        for job, (correct, reason) in zip(jobs, scores)
+    ]
+
+
+def score_folder(image_dir: str | Path, detector: Detector, batch_size: int = 16) -> list[ImageResult]:
+    """Score every `samples/NNNN.png` of every prompt folder with GenEval's rules in this process, `batch_size` images
+    at a time (one detector forward each; the results do not depend on it), warning as `folder_jobs` (the `geneval`
+    command scores the same jobs in Lightning's predict loop, on any number of devices)."""
+    jobs = folder_jobs(image_dir, detector, batch_size)
     results = []
-    for folder, record, paths in tqdm(list(zip(folders, records, samples)), desc="scoring", unit="prompt"):
-        for path in paths:
-            correct, reason = score_image(load_sample(path), record, detector)
-            results.append(ImageResult(record["tag"], int(folder.name), correct, reason))
+    for start in tqdm(range(0, len(jobs), batch_size), desc="scoring", unit="batch"):
+        results += score_jobs(jobs[start : start + batch_size], detector)
     return results

@@ -61,11 +61,18 @@ class Detector(Protocol):
     classes: frozenset[str]
     """The (GenEval) class names it can report."""
 
+    def detect_batch(self, images: list[Image.Image]) -> list[dict[str, list[Detection]]]:
+        """Per image, all its detections by class name, any confidence (neural detectors: one forward)."""
+
     def detect(self, image: Image.Image) -> dict[str, list[Detection]]:
-        """All detections of the image by class name, any confidence."""
+        """`detect_batch([image])[0]`."""
+
+    def colors_batch(self, groups: list[tuple[Image.Image, list[Detection], str]]) -> list[list[str]]:
+        """Per (image, detections, class name) group, the GenEval colour name of each detection (CLIP: one
+        forward for all crops)."""
 
     def colors(self, image: Image.Image, detections: list[Detection], classname: str) -> list[str]:
-        """The GenEval colour name of each detection."""
+        """`colors_batch([(image, detections, classname)])[0]`."""
 
 
 def relative_position(box_a, box_b) -> set[str]:
@@ -102,10 +109,29 @@ def keep_confident(detections: dict[str, list[Detection]], tag: str) -> dict[str
     return kept
 
 
+def colored_groups(detections: dict[str, list[Detection]], metadata: dict) -> list[tuple[list[Detection], str]]:
+    """The (detections, class name) groups whose colours `evaluate` reads, in its order: for each include clause
+    with a colour and enough (thresholded, sorted) detections, its `count` most confident."""
+    groups = []
+    for clause in metadata.get("include", []):
+        found = detections.get(clause["class"], [])[: clause["count"]]
+        if "color" in clause and len(found) >= clause["count"]:
+            groups.append((found, clause["class"]))
+    return groups
+
+
 def evaluate(
-    image: Image.Image, detections: dict[str, list[Detection]], metadata: dict, detector: Detector
+    image: Image.Image,
+    detections: dict[str, list[Detection]],
+    metadata: dict,
+    detector: Detector,
+    colors: list[list[str]] | None = None,
 ) -> tuple[bool, str]:
-    """GenEval's verdict on one image given its (already thresholded, sorted) detections, and the reasons."""
+    """GenEval's verdict on one image given its (already thresholded, sorted) detections, and the reasons.
+    `colors`: those of `colored_groups(detections, metadata)` when already known, else asked of the detector."""
+    if colors is None:
+        colors = [detector.colors(image, found, name) for found, name in colored_groups(detections, metadata)]
+    group_colors = iter(colors)
     correct, reasons, matched_groups = True, [], []
     for clause in metadata.get("include", []):
         classname, count = clause["class"], clause["count"]
@@ -114,10 +140,10 @@ def evaluate(
         if not matched:
             reasons.append(f"expected {classname}>={count}, found {len(found)}")
         if matched and "color" in clause:
-            colors = detector.colors(image, found, classname)
-            if colors.count(clause["color"]) < count:
+            seen = next(group_colors)
+            if seen.count(clause["color"]) < count:
                 matched = False
-                reasons.append(f"expected {clause['color']} {classname}>={count}, found {', '.join(colors)}")
+                reasons.append(f"expected {clause['color']} {classname}>={count}, found {', '.join(seen)}")
         if matched and "position" in clause:
             relation, target = clause["position"]
             targets = matched_groups[target]
@@ -142,9 +168,22 @@ def evaluate(
     return correct, "\n".join(reasons)
 
 
+def score_images(images: list[Image.Image], metadata: list[dict], detector: Detector) -> list[tuple[bool, str]]:
+    """Detect (one `detect_batch`), threshold, colour (one `colors_batch` for every group of the batch that needs
+    it) and evaluate generated images, each against its GenEval metadata."""
+    kept = [keep_confident(found, m["tag"]) for found, m in zip(detector.detect_batch(images), metadata)]
+    groups = [colored_groups(found, m) for found, m in zip(kept, metadata)]
+    requests = [(image, found, name) for image, wanted in zip(images, groups) for found, name in wanted]
+    colors = iter(detector.colors_batch(requests) if requests else [])
+    return [
+        evaluate(image, found, m, detector, [next(colors) for _ in wanted])
+        for image, found, m, wanted in zip(images, kept, metadata, groups)
+    ]
+
+
 def score_image(image: Image.Image, metadata: dict, detector: Detector) -> tuple[bool, str]:
     """Detect, threshold and evaluate one generated image against its GenEval metadata."""
-    return evaluate(image, keep_confident(detector.detect(image), metadata["tag"]), metadata, detector)
+    return score_images([image], [metadata], detector)[0]
 
 
 def validate_metadata(record: dict, where: str) -> dict:

@@ -13,6 +13,7 @@ COLOR_TEMPLATES = (
     "a photo of a {color}-colored {object}",
     "a photo of a {color} object",
 )
+KEYS = ("scores", "labels", "boxes")  # of transformers' object-detection post-processing, per image
 BACKGROUND = "#999999"  # GenEval's default `bgcolor`: what replaces the pixels outside an object's mask
 
 
@@ -56,16 +57,54 @@ class CLIPColors:
         return self._color_embeddings[classname]
 
     @torch.no_grad()
-    def colors(self, image: Image.Image, detections: list[Detection], classname: str) -> list[str]:
-        if not detections:
-            return []
-        crops = [masked_crop(image, d, self.background) for d in detections]
+    def colors_batch(self, groups: list[tuple[Image.Image, list[Detection], str]]) -> list[list[str]]:
+        """The colour of every detection of every (image, detections, class name) group: all masked crops in one
+        CLIP forward, each compared with its class's colour prompts."""
+        crops = [masked_crop(image, d, self.background) for image, detections, _ in groups for d in detections]
+        if not crops:
+            return [[] for _ in groups]
         pixels = self.clip_processor.image_processor(images=crops, return_tensors="pt")["pixel_values"].to(self.device)
         features = torch.nn.functional.normalize(_projected(self.clip.get_image_features(pixel_values=pixels)), dim=-1)
-        return [COLORS[i] for i in (features @ self._text_embeddings(classname).T).argmax(-1).tolist()]
+        colors, start = [], 0
+        for _, detections, classname in groups:
+            similarity = features[start : start + len(detections)] @ self._text_embeddings(classname).T
+            colors.append([COLORS[i] for i in similarity.argmax(-1).tolist()])
+            start += len(detections)
+        return colors
+
+    def colors(self, image: Image.Image, detections: list[Detection], classname: str) -> list[str]:
+        return self.colors_batch([(image, detections, classname)])[0]
 
 
-class TransformersDetector(CLIPColors):
+class CLIPColorDetector(CLIPColors):
+    """A transformers detector `model` + its image `processor` (set by subclasses), batched, with CLIP colours."""
+
+    def detect(self, image: Image.Image) -> dict[str, list[Detection]]:
+        return self.detect_batch([image])[0]
+
+    @torch.no_grad()
+    def detect_batch(self, images: list[Image.Image]) -> list[dict[str, list[Detection]]]:
+        """Per image, its detections by class name: one model forward for each image size of the batch (one for a
+        GenEval folder), so an image's detections never depend on the padding its neighbours would need."""
+        found: list[dict[str, list[Detection]]] = [{} for _ in images]
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(images):
+            by_size.setdefault(image.size, []).append(index)
+        for indices in by_size.values():
+            same_size = [images[i].convert("RGB") for i in indices]
+            inputs = self.processor(images=same_size, return_tensors="pt").to(self.device)
+            size = (same_size[0].height, same_size[0].width)
+            for index, detections in zip(indices, self._detections(inputs, size)):
+                for label, detection in detections:
+                    found[index].setdefault(geneval_class(self.model.config.id2label[label]), []).append(detection)
+        return found
+
+    def _detections(self, inputs, size: tuple[int, int]) -> list[list[tuple[int, Detection]]]:
+        """Per image of a batch of one (height, width) `size`: (label id, detection) pairs."""
+        raise NotImplementedError
+
+
+class TransformersDetector(CLIPColorDetector):
     """Any `AutoModelForObjectDetection` (e.g. DETR with COCO labels): boxes only, so colour is judged on the
     whole box crop."""
 
@@ -78,17 +117,13 @@ class TransformersDetector(CLIPColors):
         self.model = AutoModelForObjectDetection.from_pretrained(detector_path).to(device).eval()
         self.classes = frozenset(map(geneval_class, self.model.config.id2label.values()))
 
-    @torch.no_grad()
-    def detect(self, image: Image.Image) -> dict[str, list[Detection]]:
-        inputs = self.processor(images=image.convert("RGB"), return_tensors="pt").to(self.device)
+    def _detections(self, inputs, size: tuple[int, int]) -> list[list[tuple[int, Detection]]]:
         outputs = self.model(**inputs)
-        result = self.processor.post_process_object_detection(
-            outputs, threshold=0.0, target_sizes=[(image.height, image.width)]
-        )[0]
-        found: dict[str, list[Detection]] = {}
-        for score, label, box in zip(result["scores"].tolist(), result["labels"].tolist(), result["boxes"].tolist()):
-            found.setdefault(geneval_class(self.model.config.id2label[label]), []).append(Detection(tuple(box), score))
-        return found
+        sizes = [size] * len(inputs["pixel_values"])
+        return [
+            [(label, Detection(tuple(box), score)) for score, label, box in zip(*(r[k].tolist() for k in KEYS))]
+            for r in self.processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=sizes)
+        ]
 
 
 def instances(
@@ -119,7 +154,7 @@ def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
     return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
 
 
-class Mask2FormerDetector(CLIPColors):
+class Mask2FormerDetector(CLIPColorDetector):
     """A `Mask2FormerForUniversalSegmentation` instance-segmentation checkpoint (e.g. Swin-S COCO instance, the
     official scorer's model family): boxes from masks, and colour judged on the masked object."""
 
@@ -134,17 +169,13 @@ class Mask2FormerDetector(CLIPColors):
         self.model = Mask2FormerForUniversalSegmentation.from_pretrained(detector_path).to(device).eval()
         self.classes = frozenset(map(geneval_class, self.model.config.id2label.values()))
 
-    @torch.no_grad()
-    def detect(self, image: Image.Image) -> dict[str, list[Detection]]:
-        inputs = self.processor(images=image.convert("RGB"), return_tensors="pt").to(self.device)
+    def _detections(self, inputs, size: tuple[int, int]) -> list[list[tuple[int, Detection]]]:
         outputs = self.model(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
-        size = (image.height, image.width)
-        found: dict[str, list[Detection]] = {}
-        logits = outputs.class_queries_logits[0], outputs.masks_queries_logits[0]
-        for label, score, mask in instances(*logits, inputs["pixel_mask"][0], size):
-            name = geneval_class(self.model.config.id2label[label])
-            found.setdefault(name, []).append(Detection(mask_box(mask), score, mask))
-        return found
+        logits = zip(outputs.class_queries_logits, outputs.masks_queries_logits, inputs["pixel_mask"])
+        return [
+            [(label, Detection(mask_box(mask), score, mask)) for label, score, mask in instances(*per_image, size)]
+            for per_image in logits
+        ]
 
 
 def make_detector(

@@ -7,17 +7,30 @@ from typing import Protocol
 import torch
 from PIL import Image
 
-from sana_lightning.eval.geneval import Detector, score_image
+from sana_lightning.eval.geneval import Detector, score_images
 from sana_lightning.inference_scaling.tournament import Verdict
 from sana_lightning.local_paths import local_model_dir
 
 
 class Judge(Protocol):
+    def judge_pairs(self, pairs: list[tuple[str, Image.Image]]) -> list[Verdict]:
+        """One verdict per (prompt, image) pair, the pairs judged in batches."""
+
     def judge(self, images: list[Image.Image], prompt: str) -> list[Verdict]:
-        """One verdict per image."""
+        """One verdict per image of one prompt: `judge_pairs` of (prompt, image)."""
 
 
-class VLMJudge:
+class PairJudge:
+    """The judges' shared `judge`: a thin wrapper over their `judge_pairs`."""
+
+    def judge(self, images: list[Image.Image], prompt: str) -> list[Verdict]:
+        return self.judge_pairs([(prompt, image) for image in images])
+
+    def judge_pairs(self, pairs: list[tuple[str, Image.Image]]) -> list[Verdict]:
+        raise NotImplementedError
+
+
+class VLMJudge(PairJudge):
     """A vision-language verifier from a local path, asked SANA 1.5's yes/no question about each image.
 
     SANA 1.5's judge is NVILA-Lite-2B-Verifier, trained on `OFFICIAL_PROMPT` (the default; `question` replaces it,
@@ -99,9 +112,6 @@ class VLMJudge:
             ids.update(vocabulary[token] for token in (word, "Ġ" + word, "▁" + word) if token in vocabulary)
         return sorted(ids)
 
-    def judge(self, images: list[Image.Image], prompt: str) -> list[Verdict]:
-        return self.judge_pairs([(prompt, image) for image in images])
-
     @torch.no_grad()
     def judge_pairs(self, pairs: list[tuple[str, Image.Image]]) -> list[Verdict]:
         """One verdict per (prompt, image), `batch_size` pairs a forward."""
@@ -142,10 +152,11 @@ class VLMJudge:
         return [Verdict(y > n, y, n) for y, n in zip(p_yes, p_no)]
 
 
-class CLIPJudge:
-    """Image-text cosine similarity of a transformers CLIP from a local path; "yes" above `threshold`."""
+class CLIPJudge(PairJudge):
+    """Image-text cosine similarity of a transformers CLIP from a local path; "yes" above `threshold`. Pairs are
+    judged `batch_size` at a time, each batch's images and distinct prompts in one CLIP forward."""
 
-    def __init__(self, path: str, device: str = "cpu", threshold: float = 0.25) -> None:
+    def __init__(self, path: str, device: str = "cpu", threshold: float = 0.25, batch_size: int = 32) -> None:
         from transformers import AutoModel, AutoProcessor
 
         local_model_dir(path, "CLIP judge path", "set judge_path to a local transformers CLIP model")
@@ -153,29 +164,37 @@ class CLIPJudge:
         self.model = AutoModel.from_pretrained(path).to(device).eval()
         self.device = device
         self.threshold = threshold
+        self.batch_size = batch_size
 
     @torch.no_grad()
-    def judge(self, images: list[Image.Image], prompt: str) -> list[Verdict]:
-        inputs = self.processor(text=[prompt], images=images, return_tensors="pt", padding=True).to(self.device)
-        outputs = self.model(**inputs)
-        image = torch.nn.functional.normalize(outputs.image_embeds, dim=-1)
-        text = torch.nn.functional.normalize(outputs.text_embeds, dim=-1)
-        similarity = (image @ text.T)[:, 0].tolist()
+    def judge_pairs(self, pairs: list[tuple[str, Image.Image]]) -> list[Verdict]:
+        similarity = []
+        for start in range(0, len(pairs), self.batch_size):
+            batch = pairs[start : start + self.batch_size]
+            prompts = list(dict.fromkeys(prompt for prompt, _ in batch))
+            images = [image for _, image in batch]
+            inputs = self.processor(text=prompts, images=images, return_tensors="pt", padding=True).to(self.device)
+            outputs = self.model(**inputs)
+            image = torch.nn.functional.normalize(outputs.image_embeds, dim=-1)
+            text = torch.nn.functional.normalize(outputs.text_embeds, dim=-1)
+            own_text = text[[prompts.index(prompt) for prompt, _ in batch]]
+            similarity += (image * own_text).sum(-1).tolist()
         return [Verdict(s >= self.threshold, s, 1 - s) for s in similarity]
 
 
-class GenEvalOracleJudge:
+class GenEvalOracleJudge(PairJudge):
     """GenEval's own verdict with a detector (the exact Shapes detector on the embedded domain): an upper bound."""
 
     def __init__(self, detector: Detector, metadata: dict[str, dict]) -> None:
         self.detector = detector
         self.metadata = metadata
 
-    def judge(self, images: list[Image.Image], prompt: str) -> list[Verdict]:
-        if prompt not in self.metadata:
-            raise ValueError(f"the GenEval oracle has no metadata for prompt {prompt!r}: give GenEval-format prompts")
-        verdicts = []
-        for image in images:
-            correct = score_image(image, self.metadata[prompt], self.detector)[0]
-            verdicts.append(Verdict(correct, float(correct), float(not correct)))
-        return verdicts
+    def judge_pairs(self, pairs: list[tuple[str, Image.Image]]) -> list[Verdict]:
+        for prompt in dict.fromkeys(prompt for prompt, _ in pairs):
+            if prompt not in self.metadata:
+                raise ValueError(
+                    f"the GenEval oracle has no metadata for prompt {prompt!r}: give GenEval-format prompts"
+                )
+        images, metadata = [image for _, image in pairs], [self.metadata[prompt] for prompt, _ in pairs]
+        scores = score_images(images, metadata, self.detector)  # the Shapes detector: exact and cheap, one by one
+        return [Verdict(correct, float(correct), float(not correct)) for correct, _ in scores]
