@@ -33,10 +33,11 @@ from sana_lightning.eval.scoring import score_folder_on_devices
 from sana_lightning.eval.shapes_detector import ShapesDetector
 from sana_lightning.eval.transformers_detector import make_detector
 from sana_lightning.export import export_diffusers
-from sana_lightning.generation import TrainerOptions, generate_requests
+from sana_lightning.generation import TrainerOptions, generate_requests, trainer_options
 from sana_lightning.growth import GrowthConfig, Init, Strategy, grow
 from sana_lightning.images import frame, image_grid, pil_to_tensor
 from sana_lightning.inference_scaling import CLIPJudge, GenEvalOracleJudge, VLMJudge
+from sana_lightning.inference_scaling.judging import judge_on_devices
 from sana_lightning.inference_scaling.search import Selection, select_candidates
 from sana_lightning.memory import OPTIMIZERS, MemoryPlan, memory_plan
 from sana_lightning.module import SanaFlowModule
@@ -217,13 +218,8 @@ def geneval_score(
     local `detector_path` and `clip_path`), `batch_size` images a detector forward, in Lightning's predict loop on the
     `trainer`'s devices (`--trainer.devices 8`: the same results as 1 device; `--device cuda` is short for one device
     of that kind); print GenEval's summary and write per-image results + summary as JSON (summary: rank 0's)."""
-    if device is not None and trainer is not None:
-        raise ValueError(f"--device {device} and --trainer.*: give the device as --trainer.accelerator only")
-    if trainer is None:
-        kind, _, index = (device or "auto").partition(":")
-        trainer = TrainerOptions(accelerator=kind, devices=f"{index}," if index else 1) if device else TrainerOptions()
     scorer = make_detector(detector, detector_path, clip_path)  # on the CPU: Lightning moves it to its device
-    results = score_folder_on_devices(image_dir, scorer, batch_size, trainer)
+    results = score_folder_on_devices(image_dir, scorer, batch_size, trainer_options(device, trainer))
     if results is None:  # not rank 0: it gathers and reports
         return {}
     summary = summarize(results)
@@ -285,32 +281,38 @@ def scale_command(
     guidance_scale: float | None = None,
     batch_size: int = 32,
     seed: int = 0,
-    device: str = "cpu",
+    device: str | None = None,
     log_dir: str = "runs/scale",
     grid_prompts: int = 8,
     trainer: TrainerOptions | None = None,
 ) -> dict | None:
     """Inference-time scaling: `num_candidates` images a prompt, judged, best `k` kept in GenEval's layout under
     `out_dir` (+ `scores.json`); a grid of candidates (at most 64 a prompt, winners framed) goes to TensorBoard in
-    `log_dir`. Candidates are made in Lightning's predict loop on the `trainer`'s devices (`--trainer.devices 8`:
-    the same images as 1 device; a rerun makes only the missing ones); the judge runs on `device` in the first
-    process. `solver` / `steps` / `guidance_scale` override the checkpoint's sampler. The `vlm` judge asks SANA's
+    `log_dir`. Candidates are made, then judged (`batch_size` a batch), in Lightning's predict loop on the
+    `trainer`'s devices (`--trainer.devices 8`: the same images, verdicts and winners as 1 device; a rerun makes only
+    the missing images; `--device cuda` is short for one device of that kind); the first process then runs the
+    selection. `solver` / `steps` / `guidance_scale` override the checkpoint's sampler. The `vlm` judge asks SANA's
     verifier prompt (`question` replaces it, with `{prompt}`); `trust_remote_code` lets a custom-code verifier such
     as NVILA run its own code (off by default)."""
+    trainer = trainer_options(device, trainer)
     records = read_prompts(prompts)
-    first_process = rank_zero_only.rank == 0
-    if first_process:  # a bad judge fails before any image is made
-        chosen_judge = make_judge(judge, judge_path, records, question, trust_remote_code, device)
+    # Every rank judges its share; a bad judge fails before any image is made. On the CPU: Lightning moves it.
+    chosen_judge = make_judge(judge, judge_path, records, question, trust_remote_code)
     module = SanaFlowModule.from_checkpoint(checkpoint)
     overrides = {"solver": solver, "steps": steps, "guidance_scale": guidance_scale}
     sampler = replace(module.sampler, **{name: v for name, v in overrides.items() if v is not None})
     start = time.perf_counter()
     requests = folder_requests(Path(out_dir) / "candidates", records, num_candidates, seed)
-    generate_requests(module, requests, sampler, batch_size, trainer or TrainerOptions())
-    if not first_process:
-        return None
+    generate_requests(module, requests, sampler, batch_size, trainer)
     seconds = time.perf_counter() - start
-    result = select_candidates(out_dir, records, chosen_judge, num_candidates, k, selection, batch_size, seconds)
+    start = time.perf_counter()
+    verdicts = judge_on_devices(out_dir, records, chosen_judge, num_candidates, batch_size, trainer)
+    if verdicts is None or rank_zero_only.rank != 0:  # not rank 0: it selects and reports
+        return None
+    result = select_candidates(
+        out_dir, records, chosen_judge, num_candidates, k, selection, batch_size, seconds, verdicts,
+        time.perf_counter() - start,
+    )  # fmt: skip
     writer = SummaryWriter(log_dir)
     for index, entry in enumerate(result["prompts"][:grid_prompts]):
         winners = entry["winners"]

@@ -2,7 +2,9 @@
 Trainer is given, each image written to GenEval's folder layout as soon as it is made; a rerun makes only what is
 missing. Devices, strategy and precision are the Trainer's own flags."""
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -62,9 +64,98 @@ class TrainerOptions:
         return trainer.strategy.root_device, plugin
 
 
+def trainer_options(device: str | None, trainer: TrainerOptions | None) -> TrainerOptions:
+    """A command's Trainer flags from its `--device` (short for one device of that kind: `cuda`, `cuda:1`) or its
+    `--trainer.*` flags, not both; neither: `TrainerOptions()`'s defaults."""
+    if device is not None and trainer is not None:
+        raise ValueError(f"--device {device} and --trainer.*: give the device as --trainer.accelerator only")
+    if trainer is not None:
+        return trainer
+    if device is None:
+        return TrainerOptions()
+    kind, _, index = device.partition(":")
+    return TrainerOptions(accelerator=kind, devices=f"{index}," if index else 1)
+
+
 def as_list(items: list) -> list:
     """A DataLoader `collate_fn` keeping a batch as the list of its items."""
     return items
+
+
+class HostModule(L.LightningModule):
+    """A predict-loop module for objects that are not torch modules but hold some (a detector, a judge): their torch
+    models become submodules, so Lightning moves them to the rank's device, and on predict start each object with a
+    `device` attribute is told its new device (CLIP text embeddings cached on another device are dropped)."""
+
+    def __init__(self, *hosts: object) -> None:
+        super().__init__()
+        self.hosts = hosts
+        self.models = torch.nn.ModuleList(
+            value for host in hosts for value in vars(host).values() if isinstance(value, torch.nn.Module)
+        )
+
+    def on_predict_start(self) -> None:
+        for host in self.hosts:
+            if hasattr(host, "device"):
+                host.device = self.device
+            cached = getattr(host, "_color_embeddings", None)
+            if isinstance(cached, dict):
+                cached.clear()
+
+
+class GatheringWriter(BasePredictionWriter):
+    """Gathers a predict loop's records on rank 0. `predict_step` returns (job number, record) pairs, a record being a
+    dataclass of `kind`; each rank appends its batches' records as JSON lines to `<folder>/.<name>-rank<r>.jsonl`;
+    at the end rank 0 reads every rank's part, deletes them and keeps the records in job order (`results`; None on
+    the other ranks), so 1 or 8 devices give the same list."""
+
+    def __init__(self, folder: str | Path, name: str, kind: type) -> None:
+        super().__init__(write_interval="batch")
+        self.folder, self.name, self.kind = Path(folder), name, kind
+        self.results: list | None = None
+
+    def _part(self, rank: int) -> Path:
+        return self.folder / f".{self.name}-rank{rank}.jsonl"
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._part(trainer.global_rank).write_text("")  # a stale part of an interrupted run is overwritten
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        with open(self._part(trainer.global_rank), "a") as file:
+            file.writelines(json.dumps({"job": number, **asdict(record)}) + "\n" for number, record in prediction)
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        trainer.strategy.barrier(f"{self.name}-parts-written")
+        if trainer.is_global_zero:
+            lines = {}
+            for rank in range(trainer.world_size):
+                for line in self._part(rank).read_text().splitlines():
+                    if line:
+                        record = json.loads(line)
+                        lines[record.pop("job")] = record  # a job a sampler repeated to even out ranks counts once
+                self._part(rank).unlink()
+            self.results = [self.kind(**lines[number]) for number in sorted(lines)]
+        trainer.strategy.barrier(f"{self.name}-parts-read")
+
+
+def predict_on_devices(
+    module: L.LightningModule,
+    jobs: list,
+    folder: str | Path,
+    name: str,
+    kind: type,
+    batch_size: int,
+    trainer: TrainerOptions,
+) -> list | None:
+    """Run `module`'s predict step on the numbered `jobs` (batches of (job number, job) items) in the predict loop of
+    a Trainer with `trainer`'s flags, split over its devices; the records (dataclasses of `kind`) in job order on
+    rank 0, None on the other ranks. Parts are written under `folder` as `name`."""
+    writer = GatheringWriter(folder, name, kind)
+    loader = DataLoader(list(enumerate(jobs)), batch_size=batch_size, collate_fn=as_list)
+    built = trainer.build([writer])
+    built.predict(module, loader, return_predictions=False)
+    return writer.results if built.is_global_zero else None
 
 
 class ImageGenerator(L.LightningModule):

@@ -34,6 +34,11 @@ def _line(error: BaseException) -> tuple[str, bool] | None:
         where = f"'{error.filename}': " if error.filename else ""
         return f"{where}{error.strerror} (errno {error.errno})" + (f": {fix}" if fix else ""), bool(error.filename)
     text = str(error).strip()
+    if type(error).__name__ == "OutOfMemoryError":  # torch's device OOM: a model, a judge or a batch too large
+        return (
+            f"out of device memory ({text.splitlines()[0][:160]}): lower --batch_size or spread the work over more "
+            "devices (--trainer.devices); what was written is kept and a rerun makes only what is missing"
+        ), True
     if not text or "\n" in text:
         return None
     text = text if isinstance(error, _USER_ERRORS) else f"{type(error).__name__}: {text}"

@@ -95,6 +95,18 @@ def test_the_outermost_message_naming_a_file_wins(monkeypatch):
     assert error_line(monkeypatch) == "error: KeyError: 'steps'"
 
 
+def test_a_judge_or_batch_too_large_for_the_device_names_the_fix(monkeypatch):
+    def judge_out_of_memory():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.\nSee documentation for ...")
+
+    monkeypatch.setattr("sana_lightning.cli.main", judge_out_of_memory)
+    assert error_line(monkeypatch) == (
+        "error: out of device memory (CUDA out of memory. Tried to allocate 2.00 GiB.): lower --batch_size or "
+        "spread the work over more devices (--trainer.devices); what was written is kept and a rerun makes only "
+        "what is missing"
+    )
+
+
 def test_a_yaml_syntax_error_names_the_stacked_config_file(tmp_path, monkeypatch):
     first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
     first.write_text("trainer:\n  max_steps: 2\n")

@@ -77,7 +77,7 @@ def test_a_killed_run_rerun_makes_only_the_missing_images(tiny_checkpoint, shape
 
 
 def test_scale_on_two_ranks_picks_the_winners_one_rank_picks(tiny_checkpoint, shapes_dir, tmp_path):
-    """Candidates are made in the predict loop on 2 ranks; the first process judges them (oracle judge)."""
+    """Candidates are made and judged (oracle judge) in the predict loop on 2 ranks; the first process selects."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["--prompts", f"{shapes_dir}/metadata.jsonl", "--num_candidates", "4"]
     args += ["--steps", "2", "--batch_size", "4", "--trainer.accelerator", "cpu", "--grid_prompts", "0"]

@@ -12,7 +12,7 @@ from PIL import Image
 
 from sana_lightning.eval.folder import write_folder
 from sana_lightning.inference_scaling.judges import Judge
-from sana_lightning.inference_scaling.tournament import best_of_n, knockout
+from sana_lightning.inference_scaling.tournament import Verdict, best_of_n, knockout
 
 Selection = Literal["tournament", "best_of_n"]
 
@@ -47,10 +47,14 @@ def select_candidates(
     selection: Selection = "tournament",
     batch_size: int = 32,
     generate_seconds: float = 0.0,
+    verdicts: list[Verdict] | None = None,
+    judge_seconds: float = 0.0,
 ) -> dict:
     """Judge the candidates under `<out_dir>/candidates/` (`batch_size` pairs a `judge_pairs` call, across prompts)
     and copy the selected `k` of each prompt to `<out_dir>/<00000>/samples/`. Writes and returns `scores.json`: every
-    verdict, the winners, judge calls and comparisons, and timings."""
+    verdict, the winners, judge calls and comparisons, and timings. `verdicts` (every candidate's, prompt by prompt
+    in candidate order, as the `scale` command gets them from the predict loop) skip the judging here; then
+    `judge_seconds` is the time they took."""
     if selection not in ("tournament", "best_of_n"):
         raise ValueError(f"unknown selection '{selection}': use tournament or best_of_n")
     out = Path(out_dir)
@@ -58,8 +62,10 @@ def select_candidates(
     folders = [out / "candidates" / f"{index:05d}" / "samples" for index in range(len(records))]
     paths = [[folder / f"{k:04d}.png" for k in range(num_candidates)] for folder in folders]
     jobs = [(record["prompt"], path) for record, own in zip(records, paths) for path in own]
-    every_verdict = []  # `batch_size` candidates a `judge_pairs` call, across prompts, so small N fills the batch
-    for first in range(0, len(jobs), batch_size):
+    if verdicts is not None and len(verdicts) != len(jobs):
+        raise ValueError(f"{len(verdicts)} verdicts for {len(jobs)} candidates: give one a candidate")
+    every_verdict = list(verdicts) if verdicts is not None else []
+    for first in range(0, len(jobs) if verdicts is None else 0, batch_size):  # across prompts: small N fills it
         chunk = jobs[first : first + batch_size]
         every_verdict += judge.judge_pairs([(prompt, Image.open(path).convert("RGB")) for prompt, path in chunk])
     prompts, judge_calls, comparisons = [], 0, 0
@@ -85,7 +91,7 @@ def select_candidates(
         "judge_calls": judge_calls,
         "comparisons": comparisons,
         "generate_seconds": generate_seconds,
-        "judge_seconds": time.perf_counter() - start,
+        "judge_seconds": judge_seconds + time.perf_counter() - start,
         "prompts": prompts,
     }
     (out / "scores.json").write_text(json.dumps(result, indent=2))
