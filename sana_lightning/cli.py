@@ -453,9 +453,12 @@ class SanaCLI(LightningCLI):
             raise FileNotFoundError(f"--ckpt_path '{args.ckpt_path}' not found: give a checkpoint of this run, or last")
         if runs_root is not None and init.get("version") is None:
             init.version = run_version(args.ckpt_path, runs_root)
-        if args.resume_with_checkpoint_settings:
+        if args.resume_with_checkpoint_settings:  # as Lightning does, but also for a sharded checkpoint folder
             configured = args.model.as_dict()
-            super()._parse_ckpt_path()
+            hparams = {k: v for k, v in checkpoint_hparams(args.ckpt_path).items() if k != "_instantiator"}
+            if "_class_path" in hparams:
+                hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
             if taken := settings_differences(self.config[subcommand].model.as_dict(), configured, prefix="model."):
                 print(f"taking the checkpoint's settings: {'; '.join(taken)}".replace("config ", "instead of "))
 

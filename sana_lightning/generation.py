@@ -77,6 +77,12 @@ def trainer_options(device: str | None, trainer: TrainerOptions | None) -> Train
     return TrainerOptions(accelerator=kind, devices=f"{index}," if index else 1)
 
 
+def at_least(items: list, count: int) -> list:
+    """`items`, the last one repeated up to `count`: Lightning's predict sampler needs an item for every rank (a
+    repeated job is gathered once; a repeated image is written twice with the same bytes)."""
+    return items + items[-1:] * max(0, count - len(items))
+
+
 def as_list(items: list) -> list:
     """A DataLoader `collate_fn` keeping a batch as the list of its items."""
     return items
@@ -105,38 +111,30 @@ class HostModule(L.LightningModule):
 
 class GatheringWriter(BasePredictionWriter):
     """Gathers a predict loop's records on rank 0. `predict_step` returns (job number, record) pairs, a record being a
-    dataclass of `kind`; each rank appends its batches' records as JSON lines to `<folder>/.<name>-rank<r>.jsonl`;
-    at the end rank 0 reads every rank's part, deletes them and keeps the records in job order (`results`; None on
-    the other ranks), so 1 or 8 devices give the same list."""
+    dataclass of `kind`; each rank appends its batches' records as JSON lines to `<folder>/.<name>-rank<r>.jsonl`, and
+    `gather` (rank 0, once every rank is done) reads and deletes every part and returns the records in job order, so
+    1 or 8 devices give the same list."""
 
     def __init__(self, folder: str | Path, name: str, kind: type) -> None:
         super().__init__(write_interval="batch")
         self.folder, self.name, self.kind = Path(folder), name, kind
-        self.results: list | None = None
 
-    def _part(self, rank: int) -> Path:
+    def part(self, rank: int) -> Path:
         return self.folder / f".{self.name}-rank{rank}.jsonl"
 
-    def on_predict_start(self, trainer, pl_module) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._part(trainer.global_rank).write_text("")  # a stale part of an interrupted run is overwritten
-
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
-        with open(self._part(trainer.global_rank), "a") as file:
+        with open(self.part(trainer.global_rank), "a") as file:
             file.writelines(json.dumps({"job": number, **asdict(record)}) + "\n" for number, record in prediction)
 
-    def on_predict_end(self, trainer, pl_module) -> None:
-        trainer.strategy.barrier(f"{self.name}-parts-written")
-        if trainer.is_global_zero:
-            lines = {}
-            for rank in range(trainer.world_size):
-                for line in self._part(rank).read_text().splitlines():
-                    if line:
-                        record = json.loads(line)
-                        lines[record.pop("job")] = record  # a job a sampler repeated to even out ranks counts once
-                self._part(rank).unlink()
-            self.results = [self.kind(**lines[number]) for number in sorted(lines)]
-        trainer.strategy.barrier(f"{self.name}-parts-read")
+    def gather(self, world_size: int) -> list:
+        records = {}
+        for rank in range(world_size):  # a rank with no job (fewer jobs than ranks) wrote no part
+            part = self.part(rank)
+            for line in part.read_text().splitlines() if part.exists() else []:
+                record = json.loads(line)
+                records[record.pop("job")] = record
+            part.unlink(missing_ok=True)
+        return [self.kind(**records[number]) for number in sorted(records)]
 
 
 def predict_on_devices(
@@ -152,10 +150,15 @@ def predict_on_devices(
     a Trainer with `trainer`'s flags, split over its devices; the records (dataclasses of `kind`) in job order on
     rank 0, None on the other ranks. Parts are written under `folder` as `name`."""
     writer = GatheringWriter(folder, name, kind)
-    loader = DataLoader(list(enumerate(jobs)), batch_size=batch_size, collate_fn=as_list)
     built = trainer.build([writer])
+    loader = DataLoader(at_least(list(enumerate(jobs)), built.world_size), batch_size=batch_size, collate_fn=as_list)
+    writer.folder.mkdir(parents=True, exist_ok=True)
+    writer.part(built.global_rank).unlink(missing_ok=True)  # a stale part of an interrupted run
     built.predict(module, loader, return_predictions=False)
-    return writer.results if built.is_global_zero else None
+    built.strategy.barrier(f"{name} parts written")
+    results = writer.gather(built.world_size) if built.is_global_zero else None
+    built.strategy.barrier(f"{name} parts read")
+    return results
 
 
 class ImageGenerator(L.LightningModule):
@@ -202,8 +205,8 @@ def generate_requests(
     if not requests:
         return 0
     writer = GenEvalWriter()
-    loader = DataLoader(requests, batch_size=batch_size, collate_fn=as_list)
     runner = trainer.build([writer])
+    loader = DataLoader(at_least(requests, runner.world_size), batch_size=batch_size, collate_fn=as_list)
     runner.predict(ImageGenerator(model, sampler, batch_size), loader, return_predictions=False)
     runner.strategy.barrier("images written")
     return writer.written

@@ -59,6 +59,19 @@ def test_two_ranks_write_the_geneval_json_one_rank_and_in_process_scoring_write(
     assert not [p for folder in folders.values() for p in folder.glob(".geneval-*")]  # the parts are gone
 
 
+def test_a_rank_without_an_image_does_not_hang_the_others(tmp_path):
+    """One image, two ranks: the second rank's share is empty (Lightning skips its loop) and still joins the end."""
+    folder = shapes_folder(tmp_path / "images")
+    for image in folder.glob("*/samples/*.png"):
+        if image != folder / "00000/samples/0000.png":
+            image.unlink()
+    command = [sys.executable, "-m", "sana_lightning.cli", "geneval", str(folder), "--trainer.accelerator=cpu"]
+    command += ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((folder / "geneval.json").read_text())["summary"]["images"] == 1
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_an_accelerator_this_machine_lacks_is_one_line_naming_the_option(tmp_path, monkeypatch):
     from sana_lightning.cli import run

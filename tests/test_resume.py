@@ -172,3 +172,12 @@ def test_resuming_with_other_model_settings_lists_them_unless_told_to_take_the_c
     cli = SanaCLI(args=args + changed + ["--resume_with_checkpoint_settings=true"])
     assert cli.model.hparams.preset == "tiny" and cli.model.hparams.ema_decay == 0.9
     assert cli.trainer.global_step == 5
+
+
+def test_validating_a_checkpoint_ignores_the_training_stream_layout(runs, shapes_dir, tmp_path, monkeypatch):
+    """Only `fit` restores the data position: `validate` with other loader workers is fine."""
+    checkpoint = runs[0] / "kill/runs/sana/version_0/checkpoints/epoch=1-step=8.ckpt"
+    args = config_args(tmp_path, shapes_dir) + ["--data.init_args.num_workers=0", f"--ckpt_path={checkpoint}"]
+    monkeypatch.chdir(tmp_path)
+    cli = SanaCLI(args=["validate", *args[1:]])
+    assert cli.trainer.callback_metrics["val/loss"] > 0

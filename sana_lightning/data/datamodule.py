@@ -347,6 +347,8 @@ class ShardDataModule(L.LightningDataModule):
         return {"train_position": self.position.state_dict()}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        if self.trainer is not None and self.trainer.state.fn != "fit":
+            return  # validate / test / predict from a checkpoint: the training position does not matter
         if "train_position" in state_dict:
             self.position.load_state_dict(state_dict["train_position"])
 
