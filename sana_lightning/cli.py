@@ -246,10 +246,11 @@ def make_judge(
     question: str | None = None,
     trust_remote_code: bool = False,
     device: str = "cpu",
+    batch_size: int = 32,
 ):
-    """`oracle` (GenEval + the Shapes detector), `clip` or `vlm` (transformers models from `path`; the VLM asks
-    SANA's verifier prompt unless `question` is given, and runs a custom-code verifier only with
-    `trust_remote_code`)."""
+    """`oracle` (GenEval + the Shapes detector), `clip` or `vlm` (transformers models from `path`, `batch_size` pairs
+    a forward; the VLM asks SANA's verifier prompt unless `question` is given, and runs a custom-code verifier only
+    with `trust_remote_code`)."""
     if question is not None and name != "vlm":
         raise ValueError(f"--question is the vlm judge's; the {name} judge asks none")
     if name == "oracle":
@@ -260,8 +261,9 @@ def make_judge(
         if not path:
             raise ValueError(f"the {name} judge needs judge_path: a local transformers model directory")
         if name == "clip":
-            return CLIPJudge(path, device)
-        return VLMJudge(path, question or VLMJudge.OFFICIAL_PROMPT, trust_remote_code, device)
+            return CLIPJudge(path, device, batch_size=batch_size)
+        question = question or VLMJudge.OFFICIAL_PROMPT
+        return VLMJudge(path, question, trust_remote_code, device, batch_size=batch_size)
     raise ValueError(f"unknown judge '{name}': use oracle, clip or vlm")
 
 
@@ -280,6 +282,7 @@ def scale_command(
     steps: int | None = None,
     guidance_scale: float | None = None,
     batch_size: int = 32,
+    judge_batch_size: int | None = None,
     seed: int = 0,
     device: str | None = None,
     log_dir: str = "runs/scale",
@@ -288,16 +291,18 @@ def scale_command(
 ) -> dict | None:
     """Inference-time scaling: `num_candidates` images a prompt, judged, best `k` kept in GenEval's layout under
     `out_dir` (+ `scores.json`); a grid of candidates (at most 64 a prompt, winners framed) goes to TensorBoard in
-    `log_dir`. Candidates are made, then judged (`batch_size` a batch), in Lightning's predict loop on the
-    `trainer`'s devices (`--trainer.devices 8`: the same images, verdicts and winners as 1 device; a rerun makes only
-    the missing images; `--device cuda` is short for one device of that kind); the first process then runs the
-    selection. `solver` / `steps` / `guidance_scale` override the checkpoint's sampler. The `vlm` judge asks SANA's
-    verifier prompt (`question` replaces it, with `{prompt}`); `trust_remote_code` lets a custom-code verifier such
-    as NVILA run its own code (off by default)."""
+    `log_dir`. Candidates are made (`batch_size` a forward), then judged (`judge_batch_size` pairs a forward, default
+    `batch_size`), in Lightning's predict loop on the `trainer`'s devices (`--trainer.devices 8`: the same images,
+    verdicts and winners as 1 device; a rerun makes only the missing images; `--device cuda` is short for one device
+    of that kind); the first process then runs the selection. `solver` / `steps` / `guidance_scale` override the
+    checkpoint's sampler. The `vlm` judge asks SANA's verifier prompt (`question` replaces it, with `{prompt}`);
+    `trust_remote_code` lets a custom-code verifier such as NVILA run its own code (off by default)."""
     trainer = trainer_options(device, trainer)
     records = read_prompts(prompts)
     # Every rank judges its share; a bad judge fails before any image is made. On the CPU: Lightning moves it.
-    chosen_judge = make_judge(judge, judge_path, records, question, trust_remote_code)
+    chosen_judge = make_judge(
+        judge, judge_path, records, question, trust_remote_code, batch_size=judge_batch_size or batch_size
+    )
     module = SanaFlowModule.from_checkpoint(checkpoint)
     overrides = {"solver": solver, "steps": steps, "guidance_scale": guidance_scale}
     sampler = replace(module.sampler, **{name: v for name, v in overrides.items() if v is not None})
@@ -306,11 +311,12 @@ def scale_command(
     generate_requests(module, requests, sampler, batch_size, trainer)
     seconds = time.perf_counter() - start
     start = time.perf_counter()
-    verdicts = judge_on_devices(out_dir, records, chosen_judge, num_candidates, batch_size, trainer)
+    judged = judge_batch_size or batch_size
+    verdicts = judge_on_devices(out_dir, records, chosen_judge, num_candidates, judged, trainer)
     if verdicts is None or rank_zero_only.rank != 0:  # not rank 0: it selects and reports
         return None
     result = select_candidates(
-        out_dir, records, chosen_judge, num_candidates, k, selection, batch_size, seconds, verdicts,
+        out_dir, records, chosen_judge, num_candidates, k, selection, judged, seconds, verdicts,
         time.perf_counter() - start,
     )  # fmt: skip
     writer = SummaryWriter(log_dir)
