@@ -1,6 +1,7 @@
 """Preemption: a checkpoint at the next step boundary when the job is told to stop (SIGTERM, SIGUSR1)."""
 
 import signal
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -25,6 +26,8 @@ class PreemptionCheckpoint(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._received = None
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python delivers signals to the main thread only (a fit started from a thread is not preempted)
         for number in SIGNALS:
             self._previous[number] = signal.getsignal(number)
             signal.signal(number, self._note)
