@@ -18,63 +18,20 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import report
+from benchmarks.tiny_vlm import save_tiny_llava
 from sana_lightning.data.shapes import TASKS, SceneSampler, render
 from sana_lightning.inference_scaling import VLMJudge
 
-TEMPLATE = (
-    "{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}"
-    "{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}{% if add_generation_prompt %} answer:{% endif %}"
-)
-
 
 def save_tiny_vlm(path: Path) -> Path:
-    """A seeded tiny Llava with its processor and chat template (the tests' `save_tiny_llava` values), saved."""
-    from transformers import (
-        AutoTokenizer,
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+    """The tests' tiny Llava, with the embedded MiniLM tokenizer, saved."""
+    from transformers import AutoTokenizer
 
     from sana_lightning.text_encoder import embedded_text_encoder_path
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_text_encoder_path())
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    vision = CLIPVisionConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
-    )
-    special = {k: getattr(tokenizer, k) for k in ("pad_token_id", "bos_token_id", "eos_token_id")}
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        **{k: v for k, v in special.items() if v is not None},
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
-    )
-    torch.manual_seed(0)
-    LlavaForConditionalGeneration(config).save_pretrained(path)
-    LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=tokenizer,
-        patch_size=8,
-        vision_feature_select_strategy="default",
-        chat_template=TEMPLATE,
-        image_token="<image>",
-        num_additional_image_tokens=1,
-    ).save_pretrained(path)
-    return path
+    return save_tiny_llava(path, tokenizer)
 
 
 def median_seconds(run, repeats: int) -> float:
