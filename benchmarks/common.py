@@ -1,12 +1,73 @@
-"""Shared by the benchmarks: print a table and write it (JSON + markdown) under benchmarks/results/."""
+"""Shared by the benchmarks: the model, data and trainer of `configs/*.yaml`, images for GenEval folders, and a
+table printed and written (JSON + markdown) under benchmarks/results/."""
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from unittest.mock import patch
 
 from sana_lightning.tables import markdown_table
 
+if TYPE_CHECKING:
+    import lightning as L
+    from PIL import Image
+
+    from sana_lightning.module import SanaFlowModule
+
 RESULTS = Path(__file__).parent / "results"
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+QUIET_TRAINER = {
+    "trainer.accelerator": "cpu",
+    "trainer.logger": False,
+    "trainer.callbacks": [],
+    "trainer.enable_checkpointing": False,
+    "trainer.enable_progress_bar": False,
+    "trainer.enable_model_summary": False,
+    "trainer.num_sanity_val_steps": 0,
+}
+"""What a benchmark's trainer leaves out of the config's: logging, checkpoints, progress, the summary and the
+sanity check (gradient clipping, `log_every_n_steps` and the rest stay the config's)."""
+
+
+def _value(value: Any) -> str:
+    """A Python value as a command-line value of the CLI (`null`, `false`, JSON for lists and dicts)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def from_config(
+    *overlays: str, settings: dict[str, Any] | None = None, callbacks: list | None = None
+) -> tuple["SanaFlowModule", "L.LightningDataModule", "L.Trainer"]:
+    """The model, data module and trainer of `configs/base.yaml` stacked with `overlays` (names under configs/, e.g.
+    `"grow.yaml"`), as `SanaCLI(run=False)` builds them, seeded by the config: `settings` are the CLI's dotted
+    overrides (`{"model.init_args.ema_decay": None}`), applied after `QUIET_TRAINER`; `callbacks` (instances) are
+    the trainer's only ones besides the model's own."""
+    from lightning.pytorch.cli import SaveConfigCallback
+
+    from sana_lightning.lightning_cli import SanaCLI
+
+    configs = [arg for name in ("base.yaml", *overlays) for arg in ("--config", str(CONFIGS / name))]
+    overrides = [f"--{key}={_value(value)}" for key, value in (QUIET_TRAINER | (settings or {})).items()]
+    with patch.object(sys, "argv", sys.argv[:1]):  # the benchmark's own flags are not a second command line
+        cli = SanaCLI(args=[*configs, *overrides], run=False, callbacks=callbacks)
+    # No config.yaml beside the results (the CLI saves one into the log directory, the working one without a logger).
+    cli.trainer.callbacks = [c for c in cli.trainer.callbacks if not isinstance(c, SaveConfigCallback)]
+    return cli.model, cli.datamodule, cli.trainer
+
+
+def tensorboard(save_dir: str, name: str, **init_args) -> dict:
+    """A TensorBoard logger as a `trainer.logger` setting of `from_config`."""
+    init_args = {"save_dir": save_dir, "name": name, "default_hp_metric": False, **init_args}
+    return {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": init_args}
+
+
+def pil_generator(module: "SanaFlowModule", **options) -> Callable[[list[str], list[int]], list["Image.Image"]]:
+    """`module.generate` (with `options`, e.g. `sampler`, `batch_size`) as `write_folder`'s `generate`: PIL images."""
+    from sana_lightning.images import to_pil
+
+    return lambda prompts, seeds: [to_pil(image) for image in module.generate(prompts, seeds, **options)]
 
 
 def report(name: str, rows: list[dict], **extra) -> Path:

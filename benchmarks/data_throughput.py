@@ -4,7 +4,7 @@
 
 1. Samples/s of `ShardDataModule`'s training loader (2 workers) from raw shards (PNG decode + crop), precomputed
    latents, and precomputed latents + caption features.
-2. Training-step time of the `small` model (encode + forward + backward + AdamW) per batch of 32, raw vs
+2. Training-step time of configs/base.yaml's model (encode + forward + backward + AdamW) per batch of 32, raw vs
    precomputed, with the text encoder's caption cache on (Shapes captions repeat) and off (web captions rarely do).
 Pixel space makes the embedded autoencoder free, so the step-time saving here is the text encoder's; with DC-AE at
 1024px the autoencoder's encode is saved as well (not measured here: no DC-AE weights offline).
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from benchmarks.common import report
+from benchmarks.common import from_config, report
 from sana_lightning.data.datamodule import ShardDataModule
 from sana_lightning.data.precompute import precompute
 from sana_lightning.data.shapes import write_shapes_dataset
@@ -56,13 +56,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
     torch.set_num_threads(2)
+    module = from_config()[0]
     with tempfile.TemporaryDirectory() as tmp:
         write_shapes_dataset(f"{tmp}/raw", args.samples, 32, samples_per_shard=1000, eval_prompts_per_task=1)
         start = time.perf_counter()
         precompute(f"{tmp}/raw/train-*.tar", f"{tmp}/latents")
         latents_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        precompute(f"{tmp}/raw/train-*.tar", f"{tmp}/features", encode_text=True, max_length=16)
+        precompute(
+            f"{tmp}/raw/train-*.tar", f"{tmp}/features", encode_text=True, max_length=module.text_encoder.max_length
+        )
         features_seconds = time.perf_counter() - start
         sources = {
             "raw images": f"{tmp}/raw/train-*.tar",
@@ -70,7 +73,6 @@ def main() -> None:
             "precomputed latents + text": f"{tmp}/features/train-*.tar",
         }
         loader = {name: samples_per_second(shards, args.batches) for name, shards in sources.items()}
-        module = SanaFlowModule(preset="small", text_encoder={"max_length": 16})
         rows = []
         for name, shards in sources.items():
             data = ShardDataModule(shards, batch_size=32, batches_per_epoch=args.steps, num_workers=0)

@@ -2,21 +2,19 @@
 
     python -m benchmarks.generation_overhead [--prompts 48] [--steps 20] [--repeats 3]
 
-The model is the `small` preset with random weights (the timing does not depend on what it learnt); both paths write
-the same GenEval folder. Goal (issue #16): the predict loop within 5% of the bare loop.
+The model is configs/base.yaml's with random weights (the timing does not depend on what it learnt) and `--steps`
+sampling steps; both paths write the same GenEval folder. Goal (issue #16): the predict loop within 5% of the bare loop.
 """
 
 import argparse
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 
-from benchmarks.common import report
+from benchmarks.common import from_config, pil_generator, report
 from sana_lightning.eval.folder import folder_requests, write_folder
-from sana_lightning.generation import TrainerOptions, generate_requests
-from sana_lightning.images import to_pil
-from sana_lightning.module import SanaFlowModule
+from sana_lightning.generation import generate_requests
+from sana_lightning.trainer_options import TrainerOptions
 
 
 def main() -> None:
@@ -26,20 +24,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    module = SanaFlowModule(preset="small", text_encoder={"max_length": 16}, ema_decay=None).eval()
-    sampler = replace(module.sampler, steps=args.steps)
+    settings = {"model.init_args.ema_decay": None, "model.init_args.sampler.steps": args.steps}
+    module = from_config(settings=settings)[0].eval()
     colours, shapes = ["red", "green", "blue", "yellow"], ["circle", "square", "triangle"]
     records = [{"prompt": f"a photo of a {colours[i % 4]} {shapes[i % 3]}"} for i in range(args.prompts)]
 
     def bare(folder: str) -> None:
-        def generate(prompts, seeds):
-            return [to_pil(image) for image in module.generate(prompts, seeds, sampler, batch_size=args.batch_size)]
-
-        write_folder(folder, records, 1, generate, args.batch_size)
+        write_folder(folder, records, 1, pil_generator(module, batch_size=args.batch_size), args.batch_size)
 
     def predict(folder: str) -> None:
         options = TrainerOptions(accelerator="cpu", devices=1)
-        generate_requests(module, folder_requests(folder, records, 1), sampler, args.batch_size, options)
+        generate_requests(module, folder_requests(folder, records, 1), module.sampler, args.batch_size, options)
 
     seconds = {"bare loop": [], "predict loop": []}
     for _ in range(args.repeats):  # alternate, so both see the same machine load

@@ -9,12 +9,11 @@ GenEval's rules and summary. Prompts: the seeded Shapes evaluation scenes (as in
 import argparse
 import tempfile
 
-from benchmarks.common import report
+from benchmarks.common import pil_generator, report
 from sana_lightning.data.shapes import evaluation_scenes, render
 from sana_lightning.eval.folder import score_folder, write_folder
 from sana_lightning.eval.geneval import TASKS, format_summary, summarize
 from sana_lightning.eval.shapes_detector import ShapesDetector
-from sana_lightning.images import to_pil
 from sana_lightning.module import SanaFlowModule
 
 
@@ -32,8 +31,7 @@ def main() -> None:
     summaries = {}
     with tempfile.TemporaryDirectory() as tmp:
         truth = lambda prompts, seeds: [render(by_prompt[p].objects, module.hparams.image_size) for p in prompts]  # noqa: E731
-        model = lambda prompts, seeds: [to_pil(i) for i in module.generate(prompts, seeds, progress=False)]  # noqa: E731
-        for name, generate in (("ground truth", truth), ("demo model", model)):
+        for name, generate in (("ground truth", truth), ("demo model", pil_generator(module))):
             folder = write_folder(f"{tmp}/{name.replace(' ', '_')}", records, args.images_per_prompt, generate)
             summaries[name] = summarize(score_folder(folder, detector))
             print(f"\n{name}\n{format_summary(summaries[name])}")

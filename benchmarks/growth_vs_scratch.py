@@ -2,10 +2,11 @@
 
     python -m benchmarks.growth_vs_scratch [--source CKPT] [--target-layers 12] [--steps 200]
 
-Trains the deep target from scratch and from each growth initialisation of the trained demo model, with the same
-data order, noise, steps and learning rate (EMA off), and records the fixed-noise validation loss. Reports how
-many steps each run needs to reach the scratch run's final validation loss. The source's own training is not
-counted (as in the paper, growth reuses a model that already exists). Goal: growth <= 35% of the scratch steps.
+Trains the deep target from scratch (configs/base.yaml) and from each growth initialisation of the trained demo
+model (configs/grow.yaml), with the same data order, noise, steps and learning rate (EMA off), and records the
+fixed-noise validation loss. Reports how many steps each run needs to reach the scratch run's final validation loss.
+The source's own training is not counted (as in the paper, growth reuses a model that already exists). Goal: growth
+<= 35% of the scratch steps.
 
     python -m benchmarks.growth_vs_scratch --two-stage [--source-steps 300] [--target-layers 12]
 
@@ -20,15 +21,10 @@ import tempfile
 
 import lightning as L
 import matplotlib
-import torch
 
-from benchmarks.common import RESULTS, report
+from benchmarks.common import RESULTS, from_config, report, tensorboard
 from sana_lightning.checkpoints import resolve_path
-from sana_lightning.data.datamodule import ShapesDataModule
-from sana_lightning.flow import FlowConfig
 from sana_lightning.growth import GrowthConfig, Strategy, grow, max_output_difference
-from sana_lightning.growth_module import GrowthModule
-from sana_lightning.module import SanaFlowModule, TextEncoderConfig
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -45,40 +41,38 @@ class ValidationCurve(L.Callback):
             self.points.append((trainer.global_step, float(trainer.callback_metrics["val/loss"])))
 
 
-def train(name: str, module_fn, args, steps: int | None = None) -> tuple[list[tuple[int, float]], L.LightningModule]:
-    L.seed_everything(0, verbose=False)
-    module = module_fn()
+def train(
+    name: str, args, model: dict, *overlays: str, steps: int | None = None
+) -> tuple[list[tuple[int, float]], L.LightningModule]:
+    """configs/base.yaml (+ `overlays`) with the `model` settings (its `init_args`), EMA off, trained
+    for `steps` (`--steps`) on batches of `--batch-size`: its validation loss every `--eval-every` steps."""
     steps = steps or args.steps
-    data = ShapesDataModule(batch_size=args.batch_size, batches_per_epoch=steps, val_batches=4, num_workers=1)
+    settings = {
+        **{f"model.init_args.{key}": value for key, value in model.items()},
+        "model.init_args.ema_decay": None,
+        "data.init_args.batch_size": args.batch_size,
+        "data.init_args.batches_per_epoch": steps,
+        "trainer.max_steps": steps,
+        "trainer.val_check_interval": args.eval_every,
+        "trainer.check_val_every_n_epoch": None,
+        "trainer.logger": tensorboard("runs", "growth_vs_scratch", version=name),
+    }
     curve = ValidationCurve()
-    trainer = L.Trainer(
-        max_steps=steps,
-        val_check_interval=args.eval_every,
-        check_val_every_n_epoch=None,
-        accelerator="cpu",
-        logger=L.pytorch.loggers.TensorBoardLogger("runs", name="growth_vs_scratch", version=name),
-        callbacks=[curve],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        gradient_clip_val=1.0,
-        num_sanity_val_steps=0,
-    )
+    module, data, trainer = from_config(*overlays, settings=settings, callbacks=[curve])
     trainer.validate(module, data, verbose=False)  # the loss at step 0
     trainer.fit(module, data)
     print(f"{name}: " + ", ".join(f"{s}:{v:.4f}" for s, v in curve.points), flush=True)
     return curve.points, module
 
 
-def two_stage(args, common: dict) -> None:
+def two_stage(args) -> None:
     """Source without QK norm -> QK-norm adaptation (stage 1) -> growth (stage 2), against growing it directly."""
-    _, plain = train(
-        "source_no_qk", lambda: SanaFlowModule(transformer={"qk_norm": None}, **common), args, args.source_steps
-    )
+    _, plain = train("source_no_qk", args, {"transformer": {"qk_norm": None}}, steps=args.source_steps)
     with tempfile.TemporaryDirectory() as work:
         plain.transformer.save_pretrained(work)
         adaptation = {"target_layers": plain.transformer.config.num_layers, "drop_last": 0}
         _, adapted = train(
-            "qk_adapted", lambda: GrowthModule(source=work, growth=adaptation, **common), args, args.source_steps
+            "qk_adapted", args, {"pretrained": work, "growth": adaptation}, "grow.yaml", steps=args.source_steps
         )
     growth = GrowthConfig(args.target_layers, "partial_preservation", drop_last=0, zero_gate=True)
     rows = []
@@ -112,22 +106,13 @@ def main() -> None:
     parser.add_argument("--two-stage", action="store_true", help="SANA's QK-norm adaptation then growth (see above)")
     parser.add_argument("--source-steps", type=int, default=300, help="--two-stage: steps of the source, stage 1")
     args = parser.parse_args()
-    common = dict(
-        preset="small",
-        image_size=32,
-        text_encoder=TextEncoderConfig(max_length=16),
-        flow=FlowConfig(shift=1.0),
-        ema_decay=None,
-        optimizer=lambda groups: torch.optim.AdamW(groups, lr=3e-4),
-    )
     if args.two_stage:
-        return two_stage(args, common)
+        return two_stage(args)
     source = resolve_path(args.source)
-    scratch = lambda: SanaFlowModule(transformer={"num_layers": args.target_layers}, **common)  # noqa: E731
-    curves = {"scratch": train("scratch", scratch, args)[0]}
+    curves = {"scratch": train("scratch", args, {"transformer": {"num_layers": args.target_layers}})[0]}
     for strategy in args.strategies:
         growth = {"target_layers": args.target_layers, "strategy": strategy, "drop_last": 2}
-        curves[strategy] = train(strategy, lambda: GrowthModule(source=source, growth=growth, **common), args)[0]
+        curves[strategy] = train(strategy, args, {"pretrained": source, "growth": growth}, "grow.yaml")[0]
     target = curves["scratch"][-1][1]
     rows = []
     for name, curve in curves.items():

@@ -14,18 +14,16 @@ import time
 
 import matplotlib
 
-from benchmarks.common import RESULTS, report
+from benchmarks.common import RESULTS, pil_generator, report
 from sana_lightning.data.shapes import evaluation_scenes
-from sana_lightning.eval.folder import write_folder
+from sana_lightning.eval.folder import load_sample, write_folder
 from sana_lightning.eval.geneval import ImageResult, summarize
 from sana_lightning.eval.shapes_detector import ShapesDetector
-from sana_lightning.images import to_pil
 from sana_lightning.inference_scaling import GenEvalOracleJudge, knockout
 from sana_lightning.module import SanaFlowModule
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image  # noqa: E402
 
 
 def main() -> None:
@@ -37,16 +35,12 @@ def main() -> None:
     module = SanaFlowModule.from_checkpoint(args.checkpoint)
     records = [s.metadata() for s in evaluation_scenes(args.prompts_per_task, module.hparams.image_size)]
     judge = GenEvalOracleJudge(ShapesDetector(), {r["prompt"]: r for r in records})
-    generate = lambda prompts, seeds: [to_pil(i) for i in module.generate(prompts, seeds)]  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        folder = write_folder(tmp, records, args.max_n, generate, batch_size=64)
+        folder = write_folder(tmp, records, args.max_n, pil_generator(module), batch_size=64)
         seconds_per_image = (time.perf_counter() - start) / (args.max_n * len(records))
         verdicts = [
-            judge.judge(
-                [Image.open(folder / f"{i:05d}/samples/{j:04d}.png").convert("RGB") for j in range(args.max_n)],
-                r["prompt"],
-            )
+            judge.judge([load_sample(folder / f"{i:05d}/samples/{j:04d}.png") for j in range(args.max_n)], r["prompt"])
             for i, r in enumerate(records)
         ]
     rows, n = [], 1

@@ -2,60 +2,36 @@
 
     python -m benchmarks.loop_overhead [--steps 20] [--rounds 2]
 
-1. Steps/s of the same module on the same in-memory batches, under `lightning.Trainer` (TensorBoard logging,
-   gradient clipping, EMA) and in a bare PyTorch loop doing the same work; alternated in rounds, best round kept.
-   Goal: Trainer overhead <= 5%.
-2. Training-step time of the `small` preset vs image tokens (16x16, 32x32, 64x64 tokens). Goal: 4x tokens <= 4.5x time.
+1. Steps/s of configs/base.yaml's module on the same in-memory batches, under its `lightning.Trainer` (TensorBoard
+   logging, gradient clipping, EMA) and in a bare PyTorch loop doing the same work; alternated in rounds, best round
+   kept. Goal: Trainer overhead <= 5%.
+2. Training-step time of that model (`small`) vs image tokens (16x16, 32x32, 64x64 tokens). Goal: 4x tokens <= 4.5x
+   time.
 """
 
 import argparse
 import tempfile
 import time
 
-import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
-from benchmarks.common import report
+from benchmarks.common import from_config, report, tensorboard
 from sana_lightning.data.datamodule import ShardDataModule
 from sana_lightning.data.shapes import write_shapes_dataset
-from sana_lightning.flow import FlowConfig
-from sana_lightning.module import SanaFlowModule, TextEncoderConfig
-
-
-def make_module() -> SanaFlowModule:
-    L.seed_everything(0, verbose=False)
-    optimizer = lambda params: torch.optim.AdamW(params, lr=3e-4)  # noqa: E731
-    return SanaFlowModule(
-        preset="small",
-        text_encoder=TextEncoderConfig(max_length=16),
-        flow=FlowConfig(shift=1.0),
-        ema_decay=0.99,
-        optimizer=optimizer,
-    )
+from sana_lightning.module import SanaFlowModule
 
 
 def trainer_seconds(batches: list[dict], root: str) -> float:
-    module = make_module()
-    trainer = L.Trainer(
-        max_steps=len(batches),
-        accelerator="cpu",
-        logger=TensorBoardLogger(root, name="overhead"),
-        log_every_n_steps=10,
-        gradient_clip_val=1.0,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    settings = {"trainer.max_steps": len(batches), "trainer.logger": tensorboard(root, "overhead")}
+    module, _, trainer = from_config(settings=settings)  # the config's trainer: clipping, logging every 10 steps
     start = time.perf_counter()
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))  # the same in-memory batches
     return time.perf_counter() - start
 
 
 def bare_seconds(batches: list[dict]) -> float:
-    module = make_module()
+    module = from_config()[0]
     optimizer = module.configure_optimizers()
     start = time.perf_counter()
     for step, batch in enumerate(batches):
@@ -106,7 +82,7 @@ def main() -> None:
     report("loop_overhead", rows)
     print(f"Trainer overhead: {lightning_best / bare_best - 1:+.1%} (goal <= 5%)\n")
 
-    module = make_module()
+    module = from_config()[0]
     sizes = [32, 64, 128]  # patch 2: 16x16, 32x32, 64x64 tokens
     times = {size: step_seconds(module, size) for size in sizes}
     scaling = [

@@ -4,7 +4,8 @@
 
 1. On the `--big-preset` Sana (random weights, one small batch) each optimizer runs in its own process: state bytes
    counted from the state tensors, peak process memory (ru_maxrss), and optimizer-step time.
-2. On the Shapes `small` model: the training loss after `--train-steps` identical steps, and step-time ratios.
+2. On configs/base.yaml's Shapes model (`small`): the training loss after `--train-steps` identical steps, and
+   step-time ratios.
 3. On paper, for sana-4.8b: bytes per parameter of weights + gradients + optimizer state (fp32 weights and grads),
    from the per-tensor state sizes each optimizer keeps (checked against the measured counts of step 1).
 Goals: CAME-8bit state <= 0.15x AdamW-32bit; CAME-8bit step time <= 1.3x AdamW on CPU.
@@ -19,7 +20,7 @@ import time
 
 import torch
 
-from benchmarks.common import report
+from benchmarks.common import from_config, report
 from sana_lightning.memory import OPTIMIZERS, optimizer_state_bytes
 
 
@@ -68,18 +69,15 @@ def measure_big(name: str, preset: str) -> dict:
 
 
 def train_small(name: str, steps: int) -> tuple[float, float, int]:
-    """Final loss (mean of the last 10 steps), seconds per optimizer step, and state bytes on Shapes `small`."""
-    import lightning as L
-
-    from sana_lightning.data.datamodule import ShapesDataModule
-    from sana_lightning.flow import FlowConfig
-    from sana_lightning.module import SanaFlowModule, TextEncoderConfig
-
-    L.seed_everything(0, verbose=False)
-    module = SanaFlowModule(
-        preset="small", text_encoder=TextEncoderConfig(max_length=16), flow=FlowConfig(shift=1.0), ema_decay=None
-    )
-    data = ShapesDataModule(batch_size=16, batches_per_epoch=steps, num_workers=0)
+    """Final loss (mean of the last 10 steps), seconds per optimizer step, and state bytes on configs/base.yaml's
+    Shapes model (`small`), in a plain loop: batches of 16, no EMA."""
+    settings = {
+        "model.init_args.ema_decay": None,
+        "data.init_args.batch_size": 16,
+        "data.init_args.batches_per_epoch": steps,
+        "data.init_args.num_workers": 0,
+    }
+    module, data, _ = from_config(settings=settings)
     data.prepare_data()
     optimizer = make_optimizer(name, module.transformer.parameters(), lr=3e-4)
     losses, step_times = [], []

@@ -19,6 +19,7 @@ from pathlib import Path
 import matplotlib
 
 from benchmarks.common import RESULTS
+from sana_lightning.checkpoints import resolve_path
 from sana_lightning.tables import markdown_table
 
 matplotlib.use("Agg")
@@ -43,7 +44,7 @@ def run_steps(out: Path, retrain: bool, only: list[str] | None) -> dict[str, flo
         if only and name not in only:
             continue
         if name == "demo model" and glob.glob(DEMO) and not retrain:
-            print(f"{name}: using {sorted(glob.glob(DEMO))[-1]} (--retrain to train it again)")
+            print(f"{name}: using {resolve_path(DEMO)} (--retrain to train it again)")
             continue
         print(f"{name}: python {' '.join(args)}", flush=True)
         start = time.perf_counter()

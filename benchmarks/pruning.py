@@ -5,7 +5,8 @@
 From a trained model, prune to 1/2 and 1/3 of its depth by each importance metric (cosine, angular, loss delta)
 and by the baselines (random blocks, the last blocks). Score: the fixed-noise validation loss (GenEval-Shapes once
 that lands), as "quality kept" = unpruned loss / loss (1.0 = as good as unpruned). Measured right after pruning
-and after `--recovery-steps` fine-tuning steps without distillation, and with distillation for the cosine metric.
+and after `--recovery-steps` fine-tuning steps of configs/recover.yaml (batches of 16) without distillation, and with
+distillation for the cosine metric.
 Goal: importance pruning + 100 steps keeps >= 95% at half depth and beats random and last-k.
 """
 
@@ -13,57 +14,38 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import lightning as L
 import matplotlib
-import torch
 
-from benchmarks.common import RESULTS, report
-from sana_lightning.checkpoints import resolve_path
-from sana_lightning.cli import prune_checkpoint
-from sana_lightning.data.datamodule import ShapesDataModule
+from benchmarks.common import RESULTS, from_config, report
+from sana_lightning.checkpoints import read_checkpoint, resolve_path
 from sana_lightning.module import SanaFlowModule
-from sana_lightning.prune_module import PruneRecoveryModule
+from sana_lightning.pruning.command import prune_checkpoint
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 CRITERIA = ("cosine", "angular", "loss_delta", "random", "last")
+DATA = {"data.init_args.batch_size": 16, "data.init_args.val_batches": 8, "data.init_args.num_workers": 1}
 
 
-def data(steps: int) -> ShapesDataModule:
-    return ShapesDataModule(batch_size=16, batches_per_epoch=max(steps, 1), val_batches=8, num_workers=1)
+def val_loss(trainer, module, data) -> float:
+    return trainer.validate(module, data, verbose=False)[0]["val/loss"]
 
 
-def trainer(steps: int) -> L.Trainer:
-    return L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        gradient_clip_val=1.0,
-    )
-
-
-def val_loss(module) -> float:
-    return trainer(0).validate(module, data(1), verbose=False)[0]["val/loss"]
-
-
-def recover(pruned: Path, teacher: str | None, hparams: dict, steps: int) -> float:
-    L.seed_everything(0, verbose=False)
-    module = PruneRecoveryModule(
-        pruned=str(pruned),
-        teacher=teacher,
-        distill_weight=1.0 if teacher else 0.0,
-        ema_decay=None,
-        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-4),
-        **{k: hparams[k] for k in ("text_encoder", "autoencoder", "flow", "sampler", "image_size")},
-    )
-    before = val_loss(module)
-    trainer(steps).fit(module, data(steps))
-    return before, val_loss(module)
+def recover(pruned: Path, teacher: str | None, settings: dict, steps: int) -> tuple[float, float]:
+    """configs/recover.yaml on `pruned`, for `steps` steps (distilled from `teacher` if given), with the unpruned
+    checkpoint's `settings`: the validation loss before and after."""
+    recovery = {
+        "model.init_args.pretrained": str(pruned),
+        "model.init_args.teacher": teacher,
+        "model.init_args.distill_weight": 1.0 if teacher else 0.0,
+        "data.init_args.batches_per_epoch": max(steps, 1),
+        "trainer.max_steps": steps,
+    }
+    module, data, trainer = from_config("recover.yaml", settings=settings | DATA | recovery)
+    before = val_loss(trainer, module, data)
+    trainer.fit(module, data)
+    return before, val_loss(trainer, module, data)
 
 
 def main() -> None:
@@ -73,9 +55,13 @@ def main() -> None:
     args = parser.parse_args()
     checkpoint = resolve_path(args.checkpoint)
     source = SanaFlowModule.from_checkpoint(checkpoint)
-    hparams = torch.load(checkpoint, weights_only=True, mmap=True)["hyper_parameters"]
+    hparams = read_checkpoint(checkpoint)["hyper_parameters"]
+    # The recovery runs use the encoders, flow and sampler the checkpoint was trained with.
+    settings = {f"model.init_args.{k}": hparams[k] for k in ("text_encoder", "autoencoder", "flow", "sampler")}
+    settings["data.init_args.image_size"] = hparams["image_size"]  # linked to the model's
     depth = len(source.transformer.transformer_blocks)
-    unpruned = val_loss(source)
+    _, data, trainer = from_config(settings=settings | DATA)
+    unpruned = val_loss(trainer, source, data)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for target in sorted({depth // 2, depth // 3}, reverse=True):
@@ -83,7 +69,7 @@ def main() -> None:
                 pruned = prune_checkpoint(checkpoint, f"{tmp}/{target}-{criterion}", target, criterion, batch_size=32)
                 runs = [("no", None)] + [("yes", checkpoint)] * (criterion == "cosine")
                 for distill, teacher in runs:
-                    after, recovered = recover(pruned, teacher, hparams, args.recovery_steps)
+                    after, recovered = recover(pruned, teacher, settings, args.recovery_steps)
                     rows.append(
                         {
                             "depth": f"{depth}->{target}",

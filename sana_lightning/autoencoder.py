@@ -1,9 +1,20 @@
 """Frozen autoencoders: diffusers `AutoencoderDC` (DC-AE) from a local path, or pixel space for the embedded default."""
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from sana_lightning.local_paths import local_model_dir
+
+
+@dataclass
+class AutoencoderConfig:
+    """The frozen autoencoder."""
+
+    path: str | None = None
+    """Local diffusers `AutoencoderDC` directory (DC-AE f32c32 for real Sana); empty: pixel space."""
+    subfolder: str | None = None
 
 
 class PixelAutoencoder(nn.Module):

@@ -72,6 +72,18 @@ def consolidate_checkpoint(sharded: str, output: str | None = None) -> Path:
     return out
 
 
+def consolidate(checkpoint: str, output: str | None = None) -> Path:
+    """Gather a sharded (FSDP) checkpoint folder into one `.ckpt` file.
+
+    Args:
+        checkpoint: The sharded checkpoint folder.
+        output: The file to write (default: <folder>-consolidated.ckpt).
+    """
+    out = consolidate_checkpoint(checkpoint, output)
+    print(f"consolidated {checkpoint} -> {out}")
+    return out
+
+
 def load_checkpoint_transformer(path: str, weights: str = "ema") -> SanaTransformer2DModel:
     """The transformer stored in a checkpoint file or diffusers directory.
 

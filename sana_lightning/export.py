@@ -15,7 +15,14 @@ def export_diffusers(checkpoint: str, out_dir: str, weights: str = "ema", pipeli
     a diffusers autoencoder, else the transformer alone. `pipeline_call.json` holds the `SanaPipeline` call
     arguments the model was trained for (caption length, prompt prefix, steps, guidance, and the training resolution
     without diffusers' resolution binning). The directory is written beside `out_dir` and renamed into place, so a
-    failed export leaves an existing `out_dir` as it was."""
+    failed export leaves an existing `out_dir` as it was.
+
+    Args:
+        checkpoint: A sana-lightning checkpoint (a glob picks the newest).
+        out_dir: The diffusers directory to write.
+        weights: ema (falls back to the trained weights) or raw.
+        pipeline: Write a whole SanaPipeline (default: when the model has a diffusers autoencoder).
+    """
     module = SanaFlowModule.from_checkpoint(checkpoint, weights)
     latent_space = isinstance(module.autoencoder, DCAutoencoder)
     if pipeline and not latent_space:

@@ -54,6 +54,13 @@ def timesteps_from_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
     return sigmas * NUM_TRAIN_TIMESTEPS
 
 
+def velocity(transformer, latents: torch.Tensor, timesteps: torch.Tensor, embeds, mask) -> torch.Tensor:
+    """The transformer's velocity prediction at `timesteps` (sigma x 1000, one per sample), called as diffusers'
+    Sana pipeline calls it."""
+    timestep = timesteps.to(latents) * transformer.config.timestep_scale
+    return transformer(latents, encoder_hidden_states=embeds, encoder_attention_mask=mask, timestep=timestep).sample
+
+
 def caption_drop_mask(batch_size: int, probability: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Which captions to replace by the empty caption, so that the model also learns the unconditional velocity."""
     return torch.rand(batch_size, generator=generator) < probability

@@ -24,14 +24,18 @@ something else, so growth is not the identity: SANA first fine-tunes the source 
 `grow` logs that difference in one warning line.
 """
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
 from diffusers import SanaTransformer2DModel
 
+from sana_lightning.atomic import atomic_directory, tensor_bytes
 from sana_lightning.blocks import official_init, zero_block_outputs
+from sana_lightning.checkpoints import load_checkpoint_transformer
 
 log = logging.getLogger(__name__)
 
@@ -168,3 +172,42 @@ def grow(source: SanaTransformer2DModel, config: GrowthConfig) -> tuple[SanaTran
                 "with QK norm first (configs/qknorm_1.6b.yaml), then grow from that"
             )
     return target, [origin for origin, _ in plan]
+
+
+def grow_checkpoint(
+    source: str,
+    out_dir: str,
+    target_layers: int,
+    strategy: Strategy = "partial_preservation",
+    drop_last: int = 2,
+    zero_new: bool = True,
+    zero_gate: bool = False,
+    init: Init = "official",
+    qk_norm: str | None = "rms_norm_across_heads",
+    source_weights: str = "ema",
+) -> Path:
+    """Grow a checkpoint (or diffusers directory) without training; write a diffusers directory plus `growth.json`
+    (atomically: a finished directory replaces `out_dir`).
+
+    Args:
+        source: A sana-lightning checkpoint (a glob picks the newest), consolidated FSDP checkpoint or diffusers dir.
+        out_dir: The diffusers directory to write.
+        target_layers: Depth of the grown model (SANA 1.5: 20 -> 60).
+        strategy: partial_preservation (SANA 1.5), cyclic, progressive, interpolation, block_expand, stack, random.
+        drop_last: partial_preservation: source blocks dropped from the end before growing.
+        zero_new: Zero the output projections of fresh blocks and copies, so the grown model starts as the source.
+        zero_gate: Also zero those blocks' scale_shift_table (the official zero-gate option).
+        init: Fresh blocks: official (SANA's growth init) or diffusers (its default init).
+        qk_norm: QK normalisation of the grown model (SANA 1.5: rms_norm_across_heads).
+        source_weights: ema (falls back to the trained weights) or raw.
+    """
+    config = GrowthConfig(target_layers, strategy, drop_last, zero_new, zero_gate, init, qk_norm)
+    grown, origins = grow(load_checkpoint_transformer(source, source_weights), config)
+    out = Path(out_dir)
+    with atomic_directory(out, tensor_bytes(grown.state_dict())) as staging:
+        grown.save_pretrained(staging)
+        (staging / "growth.json").write_text(
+            json.dumps({"source": source, **asdict(config), "block_origins": origins}, indent=2)
+        )
+    print(f"grown {len(origins) - origins.count(None)} source blocks + {origins.count(None)} new -> {out}")
+    return out

@@ -3,6 +3,7 @@
 import copy
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from diffusers import SanaTransformer2DModel
@@ -106,3 +107,49 @@ def memory_plan(
         activations_checkpointed=float(layers * batch_per_gpu * tokens * width * element + per_block),
         frozen=2 * frozen_params,
     )
+
+
+def memory_report(
+    preset: str = "sana-4.8b",
+    gpus: list[int] = [8, 16, 32],
+    gpu_memory_gb: float = 80.0,
+    batch_per_gpu: int = 4,
+    image_size: int = 1024,
+    downsample: int = 32,
+    caption_tokens: int = 300,
+    optimizer: Literal[OPTIMIZERS] = "CAME-8bit",
+    param_dtype: str = "bfloat16",
+    frozen_params: float = 2.6e9,
+) -> list[MemoryPlan]:
+    """Print GB per GPU of FSDP training `preset` on each of `gpus` GPUs: weights, grads, optimizer state, gathered
+    blocks, frozen encoders and block activations without / with activation checkpointing; and whether it fits.
+
+    Args:
+        preset: The model size (tiny, small, sana-600m, sana-1.6b, sana-4.8b).
+        gpus: GPU counts to compare.
+        gpu_memory_gb: Memory of one GPU.
+        batch_per_gpu: Images per GPU a step.
+        image_size: Image side in pixels.
+        downsample: Autoencoder downsampling (DC-AE f32: 32).
+        caption_tokens: Caption length (Gemma: 300).
+        optimizer: The optimizer whose state is counted.
+        param_dtype: Compute dtype of the gathered blocks and activations.
+        frozen_params: Parameters of the frozen encoders, in bf16 (Gemma-2-2B-IT ~2.6e9; 0 with precomputed features).
+    """
+    plans = [
+        memory_plan(
+            preset, g, batch_per_gpu, image_size, downsample, caption_tokens, optimizer, param_dtype, frozen_params
+        )
+        for g in gpus
+    ]
+    fields = ("weights", "grads", "optimizer", "gathered_blocks", "frozen", "activations", "activations_checkpointed")
+    print(f"{preset}, {optimizer}, {param_dtype} compute, {batch_per_gpu} x {image_size}px per GPU (GB per GPU)")
+    print(f"{'':>26}" + "".join(f"{g:>10} GPUs" for g in gpus))
+    for field in fields:
+        print(f"{field:>26}" + "".join(f"{getattr(p, field) / 1e9:>15.2f}" for p in plans))
+    for checkpointed in (False, True):
+        name = "total, checkpointed" if checkpointed else "total, no checkpointing"
+        totals = [p.total(checkpointed) for p in plans]
+        cells = "".join(f"{t / 1e9:>10.2f} {'fits' if t <= gpu_memory_gb * 1e9 else 'OOM':>4}" for t in totals)
+        print(f"{name:>26}{cells}")
+    return plans

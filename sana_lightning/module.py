@@ -1,62 +1,33 @@
 """`SanaFlowModule`: flow-matching training of diffusers' `SanaTransformer2DModel` with frozen text/image codecs."""
 
 import json
-from dataclasses import asdict, dataclass, is_dataclass, replace
+from dataclasses import asdict, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from diffusers import SanaTransformer2DModel
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch.distributed.tensor import DTensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from sana_lightning.autoencoder import load_autoencoder
+from sana_lightning.autoencoder import AutoencoderConfig
 from sana_lightning.callbacks.preemption import PreemptionCheckpoint
-from sana_lightning.checkpoints import load_checkpoint_transformer
+from sana_lightning.codecs import FrozenCodecs
+from sana_lightning.factory import TransformerSource, resolve_transformer
 from sana_lightning.flow import (
     FlowConfig,
     add_noise,
-    caption_drop_mask,
     flow_loss,
     sample_sigmas,
     timesteps_from_sigmas,
+    velocity,
 )
-from sana_lightning.presets import build_transformer
-from sana_lightning.pruning import CalibrationBatch
+from sana_lightning.growth import GrowthConfig
+from sana_lightning.nonfinite import NonFiniteGuard
 from sana_lightning.resume import repair_epoch_end_checkpoint
-from sana_lightning.sampling import SamplerConfig, denoise, initial_noise, make_scheduler
+from sana_lightning.sampling import SamplerConfig, denoise, initial_noise
 from sana_lightning.sharding import ShardingConfig, is_sharded, shard_transformer
-from sana_lightning.text_encoder import TextEncoder
-
-
-@dataclass
-class TextEncoderConfig:
-    """The frozen text encoder (see `TextEncoder`)."""
-
-    path: str | None = None
-    """Local transformers model directory (Gemma-2-2B-IT for real Sana); empty: the embedded MiniLM."""
-    max_length: int = 300
-    complex_human_instruction: str | None = None
-    cache_size: int = 65536
-    """Captions whose embeddings are kept (LRU); 0 for large encoders and captions that rarely repeat."""
-    dtype: str = "float32"
-    """Weights dtype of the frozen encoder (`bfloat16` halves Gemma's memory); embeddings are returned in float32."""
-
-
-@dataclass
-class AutoencoderConfig:
-    """The frozen autoencoder."""
-
-    path: str | None = None
-    """Local diffusers `AutoencoderDC` directory (DC-AE f32c32 for real Sana); empty: pixel space."""
-    subfolder: str | None = None
-
-
-def _finite(value: torch.Tensor) -> bool:
-    local = value.to_local() if isinstance(value, DTensor) else value
-    return bool(torch.isfinite(local).all())
+from sana_lightning.text_encoder import TextEncoderConfig
 
 
 def _config(cls, value):
@@ -64,38 +35,45 @@ def _config(cls, value):
     return cls(**value) if isinstance(value, dict) else value or cls()
 
 
-def _drop_frozen(module: "SanaFlowModule", state_dict: dict, prefix: str, local_metadata) -> None:
-    for key in [k for k in state_dict if k.startswith(tuple(prefix + p for p in module.frozen_prefixes))]:
-        del state_dict[key]
-
-
-def _restore_frozen(module: "SanaFlowModule", state_dict: dict, prefix: str, *args) -> None:
-    for name in module.frozen_prefixes:
-        if (part := getattr(module, name.rstrip("."))) is not None:
-            state_dict.update(part.state_dict(prefix=prefix + name))
-
-
-class NonFiniteError(RuntimeError):
-    """Training met a NaN/Inf loss, gradient norm or weight; nothing non-finite was stepped into or saved."""
-
-
 def _adamw(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
 
 
-class SanaFlowModule(L.LightningModule):
+class SanaFlowModule(FrozenCodecs, NonFiniteGuard, L.LightningModule):
     """Rectified-flow (velocity) training of Sana with caption dropout, EMA weights and fixed-noise validation.
 
-    The text encoder and autoencoder are loaded from their paths and never stored in checkpoints.
-    """
+    The transformer comes from a `preset` (+ `transformer` overrides) or `pretrained` weights, grown first when
+    `growth` is given: see `sana_lightning.factory.TransformerSource`. The text encoder and autoencoder are loaded
+    from their paths and never stored in checkpoints.
 
-    frozen_prefixes: tuple[str, ...] = ("text_encoder.", "autoencoder.")
+    Args:
+        preset: Named size of a randomly initialised transformer (tiny, small, sana-1.6b, sana-4.8b, ...); default
+            small when no pretrained is given.
+        transformer: SanaTransformer2DModel options over the preset (e.g. num_layers).
+        pretrained: Start from these weights: a checkpoint (a glob picks the newest), a consolidated FSDP checkpoint
+            or a diffusers directory (an exported, pruned or official Sana model).
+        pretrained_weights: ema (falls back to the trained weights) or raw weights of a pretrained checkpoint.
+        growth: Grow pretrained in depth first (SANA 1.5 depth growth: target_layers, strategy, drop_last, ...).
+        text_encoder: The frozen text encoder (path empty: the embedded MiniLM; Gemma-2-2B-IT for real Sana).
+        autoencoder: The frozen autoencoder (path empty: pixel space; DC-AE f32c32 for real Sana).
+        flow: Training noise levels: logit-normal mean / std and the flow shift.
+        sampler: Solver, steps, guidance and shift of sampling (validation grids, generate, scale).
+        image_size: Image side in pixels (linked to the data's image_size).
+        caption_dropout: Probability of training on the empty caption (classifier-free guidance).
+        ema_decay: Decay of the EMA weights (null: none).
+        optimizer: The optimizer (AdamW, CAME, CAME-8bit ...), built on the module's parameter groups.
+        lr_scheduler: A learning-rate scheduler, stepped every optimizer step.
+        sharding: FSDP2 settings under ModelParallelStrategy / FSDP2Strategy (dtypes, activation checkpointing).
+        seed: Seeds the training noise, keyed by (rank, epoch, batch), so a resumed run draws the same noise.
+    """
 
     def __init__(
         self,
-        preset: str = "small",
+        preset: str | None = None,
         transformer: dict[str, Any] | None = None,
         pretrained: str | None = None,
+        pretrained_weights: str = "ema",
+        growth: GrowthConfig | dict | None = None,
         text_encoder: TextEncoderConfig | dict | None = None,
         autoencoder: AutoencoderConfig | dict | None = None,
         flow: FlowConfig | dict | None = None,
@@ -117,10 +95,11 @@ class SanaFlowModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         # Plain dicts in the hyper-parameters (also those of subclasses) keep checkpoints `weights_only` loadable.
         self.hparams.update({k: asdict(v) for k, v in self.hparams.items() if is_dataclass(v)})
-        self.text_encoder = TextEncoder(**asdict(text_encoder))
-        self.autoencoder = load_autoencoder(autoencoder.path, autoencoder.subfolder)
+        self.setup_codecs(text_encoder, autoencoder)
+        growth = _config(GrowthConfig, growth) if growth is not None else None
+        source = TransformerSource(preset, transformer, pretrained, pretrained_weights, growth)
         latent_default = {"sample_size": image_size // self.autoencoder.downsample_factor}
-        self.transformer = self._build_transformer(preset, {**latent_default, **(transformer or {})}, pretrained)
+        self.transformer, self.block_origins = resolve_transformer(source, self.io_channels(), latent_default)
         self.latent_size = self._latent_size(image_size)
         self.ema = (
             AveragedModel(self.transformer, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
@@ -129,39 +108,9 @@ class SanaFlowModule(L.LightningModule):
         )
         if self.ema is not None:
             self.ema.requires_grad_(False)  # averaged, never trained
-        # Frozen parts never enter a state dict (checkpoints, sharded or not); loading puts the current ones back.
-        self.register_state_dict_post_hook(_drop_frozen)
-        self.register_load_state_dict_pre_hook(_restore_frozen)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.skipped_samples = 0
-
-    def _io_channels(self) -> dict[str, int]:
-        """The transformer widths the codecs dictate."""
-        latent = self.autoencoder.latent_channels
-        return dict(caption_channels=self.text_encoder.hidden_size, in_channels=latent, out_channels=latent)
-
-    def _check_io(self, model: SanaTransformer2DModel, name: str) -> None:
-        for key, expected in self._io_channels().items():
-            if model.config[key] != expected:
-                raise ValueError(
-                    f"{name} has {key}={model.config[key]} but the text encoder / autoencoder give {expected}: "
-                    "configure the text_encoder and autoencoder it was trained with"
-                )
-
-    def _build_transformer(self, preset: str, overrides: dict, pretrained: str | None) -> SanaTransformer2DModel:
-        """From a preset (+ overrides) or a local diffusers directory; its input/caption widths must fit the codecs."""
-        if pretrained:
-            model = load_checkpoint_transformer(pretrained)
-            self._check_io(model, f"transformer '{pretrained}'")
-            return model
-        io_channels = self._io_channels()
-        for key, value in overrides.items():
-            if key in io_channels and value != io_channels[key]:
-                raise ValueError(
-                    f"transformer.{key}={value} does not match the encoders ({io_channels[key]}): remove the override"
-                )
-        return build_transformer(preset, **{**overrides, **io_channels})
 
     def _latent_size(self, image_size: int) -> int:
         multiple = self.transformer.config.patch_size * self.autoencoder.downsample_factor
@@ -178,50 +127,6 @@ class SanaFlowModule(L.LightningModule):
         """A CPU generator seeded by (seed, *keys): the same draws on any device and after any resume."""
         return torch.Generator().manual_seed(hash((self.hparams.seed, *keys)) & 0x7FFF_FFFF_FFFF_FFFF)
 
-    def velocity(self, transformer, latents, sigmas, embeds, mask) -> torch.Tensor:
-        timestep = timesteps_from_sigmas(sigmas).to(latents) * transformer.config.timestep_scale
-        return transformer(latents, encoder_hidden_states=embeds, encoder_attention_mask=mask, timestep=timestep).sample
-
-    def encode_batch(
-        self, batch: dict, generator: torch.Generator, caption_dropout: float | None = None
-    ) -> tuple[torch.Tensor, ...]:
-        """Clean latents and caption embeddings of a batch, with captions dropped for classifier-free guidance
-        (with probability `caption_dropout`, by default the configured one).
-
-        Precomputed `latent` / `text_embeds` + `text_mask` (from the `precompute` command) are used as they are:
-        the autoencoder and text encoder then only embed the empty caption of dropped samples."""
-        captions = batch["caption"]
-        dropout = self.hparams.caption_dropout if caption_dropout is None else caption_dropout
-        drop = caption_drop_mask(len(captions), dropout, generator)
-        if "text_embeds" in batch:
-            embeds, mask = self._check_features(batch["text_embeds"], batch["text_mask"])
-            null_embeds, null_mask = self.text_encoder([""])
-            keep = ~drop.to(embeds.device)
-            embeds = torch.where(keep[:, None, None], embeds, null_embeds)
-            mask = torch.where(keep[:, None], mask, null_mask)
-        else:
-            embeds, mask = self.text_encoder(["" if d else c for c, d in zip(captions, drop.tolist())])
-        latents = self._check_latents(batch["latent"]) if "latent" in batch else self.autoencoder.encode(batch["image"])
-        return latents, embeds, mask
-
-    def _check_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        channels = self.transformer.config.in_channels
-        if latents.shape[1] != channels:
-            raise ValueError(
-                f"precomputed latents have {latents.shape[1]} channels but the transformer takes {channels}: "
-                "precompute the shards with this model's autoencoder (or configure the autoencoder they came from)"
-            )
-        return latents
-
-    def _check_features(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        expected = (self.text_encoder.max_length, self.text_encoder.hidden_size)
-        if tuple(embeds.shape[1:]) != expected:
-            raise ValueError(
-                f"precomputed caption features are {tuple(embeds.shape[1:])} (tokens, width) but the text encoder "
-                f"gives {expected}: precompute them with this model's text_encoder settings"
-            )
-        return embeds, mask.to(torch.long)
-
     def flow_inputs(
         self, batch: dict, generator: torch.Generator, sigmas: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
@@ -235,10 +140,13 @@ class SanaFlowModule(L.LightningModule):
     def flow_step(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """The training loss of one batch."""
         inputs = self.flow_inputs(batch, generator)
-        prediction = self.velocity(
-            self.transformer, inputs["noisy"], inputs["sigmas"], inputs["embeds"], inputs["mask"]
-        )
-        return flow_loss(prediction, inputs["x0"], inputs["noise"])
+        return flow_loss(self.prediction(self.transformer, inputs), inputs["x0"], inputs["noise"])
+
+    @staticmethod
+    def prediction(transformer, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`transformer`'s velocity on the noisy inputs of `flow_inputs`."""
+        timesteps = timesteps_from_sigmas(inputs["sigmas"])
+        return velocity(transformer, inputs["noisy"], timesteps, inputs["embeds"], inputs["mask"])
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # The stream's own (epoch, index) of the batch keys its noise, so a resumed run draws the same noise.
@@ -250,57 +158,6 @@ class SanaFlowModule(L.LightningModule):
             self.skipped_samples += int(batch["skipped"])
             self.log("data/skipped_samples", float(self.skipped_samples), reduce_fx="sum", sync_dist=True)
         return loss
-
-    # --------------------------------------------------------------------------------------- non-finite guard
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        """Stop before the update when the loss or the gradient norm is NaN/Inf (the weights stay the last good)."""
-        self._grad_norm = self._gradient_norm()
-        norm = self._grad_norm.full_tensor() if isinstance(self._grad_norm, DTensor) else self._grad_norm
-        self.log("train/grad_norm", norm.detach(), batch_size=1)
-        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
-            return  # fp16 loss scaling skips non-finite steps itself
-        if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(norm)), all=True):
-            last = getattr(self, "_last_step", {})
-            loss, keys = last.get("loss", torch.tensor(float("nan"))), last.get("keys") or []
-            shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
-            good = self._last_good_checkpoint()
-            restart = (
-                f"last good checkpoint: {good}; start a run from its weights with a lower learning rate "
-                f"(--model.init_args.pretrained={good}) or check those samples"
-                if good
-                else "no checkpoint was written yet; lower the learning rate or check those samples"
-            )
-            raise NonFiniteError(
-                f"non-finite training at step {self.global_step + 1}: loss {loss.item():.4g}, gradient norm "
-                f"{norm.item():.4g} (batch: {shown or 'no keys'}); stopped before the update, nothing saved; {restart}"
-            )
-
-    def _gradient_norm(self) -> torch.Tensor:
-        """The norm of the full gradient, also when the backbone is sharded."""
-        model = self.trainer.model
-        if hasattr(model, "clip_grad_norm_"):  # FSDPStrategy wraps the module in FullyShardedDataParallel
-            return model.clip_grad_norm_(float("inf"))
-        return torch.nn.utils.get_total_norm([p.grad for p in self.transformer.parameters() if p.grad is not None])
-
-    def _last_good_checkpoint(self) -> str:
-        paths = [
-            path
-            for callback in self.trainer.checkpoint_callbacks
-            for path in (getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", ""))
-            if path and Path(path).exists()
-        ]
-        paths += [self.trainer.ckpt_path] if self.trainer.ckpt_path else []
-        return max(paths, key=lambda p: Path(p).stat().st_mtime) if paths else None
-
-    def _check_finite_weights(self) -> None:
-        bad = [name for name, value in self.state_dict().items() if value.is_floating_point() and not _finite(value)]
-        if not self.trainer.strategy.reduce_boolean_decision(not bad, all=True):
-            good = self._last_good_checkpoint() or "none"
-            raise NonFiniteError(
-                f"refusing to save a checkpoint at step {self.global_step}: non-finite weights ("
-                f"{', '.join(bad[:3]) or 'on another rank'}); last good checkpoint: {good}"
-            )
 
     def optimizer_step(self, *args, **kwargs) -> None:
         """The optimizer step, then the EMA update: both are in any checkpoint written after the step."""
@@ -325,24 +182,8 @@ class SanaFlowModule(L.LightningModule):
         sigmas = (torch.arange(size) + 0.5) / size
         inputs = self.flow_inputs(batch, self.noise_generator(-1, batch_idx), sigmas)
         for name, transformer in self.transformers().items():
-            prediction = self.velocity(transformer, inputs["noisy"], sigmas, inputs["embeds"], inputs["mask"])
-            loss = flow_loss(prediction, inputs["x0"], inputs["noise"])
+            loss = flow_loss(self.prediction(transformer, inputs), inputs["x0"], inputs["noise"])
             self.log(f"{stage}/{name}", loss, prog_bar=name == "loss", sync_dist=True, batch_size=size)
-
-    def calibration_batch(self, batch: dict, seed: int = 0) -> CalibrationBatch:
-        """Fixed inputs for block-importance statistics: clean latents and embeddings of `batch` (raw or
-        precomputed shards, no caption dropout), seeded noise."""
-        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with torch.no_grad():
-            x0, embeds, mask = self.encode_batch(batch, torch.Generator().manual_seed(seed), caption_dropout=0.0)
-        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0)
-        return CalibrationBatch(x0, embeds, mask, noise)
-
-    def calibration_sigmas(self, steps: int = 10) -> list[float]:
-        """The noise levels the sampler visits in `steps` steps (the default calibration timesteps)."""
-        scheduler = make_scheduler(replace(self.sampler, steps=steps))
-        scheduler.set_timesteps(steps)
-        return [float(s) for s in scheduler.sigmas[:-1]]
 
     def transformers(self) -> dict[str, torch.nn.Module]:
         """The trained weights, and their EMA when kept, by the name their validation loss is logged under."""
@@ -358,20 +199,6 @@ class SanaFlowModule(L.LightningModule):
         shard_transformer(self.transformer, mesh, self.sharding)
         if self.ema is not None:
             shard_transformer(self.ema.module, mesh, replace(self.sharding, activation_checkpointing=False))
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Norm clipping over the (possibly sharded) backbone with the full gradient's norm (measured once, by the
-        non-finite guard)."""
-        if not gradient_clip_val:
-            return
-        if gradient_clip_algorithm not in (None, "norm"):
-            raise ValueError(f"gradient_clip_algorithm={gradient_clip_algorithm!r} is not supported: use 'norm'")
-        model = self.trainer.model
-        if hasattr(model, "clip_grad_norm_"):  # FSDPStrategy wraps the module in FullyShardedDataParallel
-            model.clip_grad_norm_(gradient_clip_val)
-        else:
-            grads = [p for p in self.transformer.parameters() if p.grad is not None]
-            torch.nn.utils.clip_grads_with_norm_(grads, gradient_clip_val, self._grad_norm)
 
     def parameter_groups(self) -> list[dict]:
         """Optimizer parameter groups; a group's `lr_scale` multiplies the configured learning rate."""
@@ -423,10 +250,7 @@ class SanaFlowModule(L.LightningModule):
             hparams = read_checkpoint(path)["hyper_parameters"]
         hparams |= {k: v for k, v in settings.items() if v is not None}
         chosen = {k: hparams[k] for k in SanaFlowModule.SETTINGS if k in hparams}
-        module = SanaFlowModule(pretrained=path, ema_decay=None, **chosen)  # EMA weights
-        if weights != "ema":
-            module.transformer.load_state_dict(load_checkpoint_transformer(path, weights).state_dict())
-        return module.eval()
+        return SanaFlowModule(pretrained=path, pretrained_weights=weights, ema_decay=None, **chosen).eval()
 
     @torch.no_grad()
     def generate(

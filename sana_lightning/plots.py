@@ -7,11 +7,10 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from sana_lightning.pruning import Importance
 
-
-def importance_figure(importance: Importance, removed: list[int] | None = None) -> Figure:
-    """One bar chart per metric (removed blocks in red) and the block x noise-level heat map of each.
+def importance_figure(importance, removed: list[int] | None = None) -> Figure:
+    """One bar chart per metric of a `pruning.Importance` (removed blocks in red) and the block x noise-level heat
+    map of each.
 
     A pyplot-free `Figure`: no global backend is touched (notebooks keep showing their plots inline)."""
     metrics = list(importance.per_sigma)

@@ -1,11 +1,13 @@
 """Sampling with Sana's Flow-Euler and Flow-DPM-Solver (diffusers schedulers) and classifier-free guidance."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, SanaTransformer2DModel
 from tqdm.auto import tqdm
+
+from sana_lightning.flow import velocity
 
 
 @dataclass
@@ -49,18 +51,21 @@ def denoise(
         embeds = torch.cat([null_embeds.expand_as(embeds), embeds])
         mask = torch.cat([null_mask.expand_as(mask), mask])
     latents = noise
-    scale = transformer.config.timestep_scale
     for t in tqdm(scheduler.timesteps, desc="sampling", disable=not progress, leave=False):
         model_input = torch.cat([latents, latents]) if guided else latents
-        timestep = t.expand(model_input.shape[0]).to(latents.dtype) * scale
-        velocity = transformer(
-            model_input, encoder_hidden_states=embeds, encoder_attention_mask=mask, timestep=timestep
-        ).sample.float()
+        prediction = velocity(transformer, model_input, t.expand(model_input.shape[0]), embeds, mask).float()
         if guided:
-            uncond, cond = velocity.chunk(2)
-            velocity = uncond + config.guidance_scale * (cond - uncond)
-        latents = scheduler.step(velocity, t, latents.float()).prev_sample.to(noise.dtype)
+            uncond, cond = prediction.chunk(2)
+            prediction = uncond + config.guidance_scale * (cond - uncond)
+        latents = scheduler.step(prediction, t, latents.float()).prev_sample.to(noise.dtype)
     return latents
+
+
+def sampler_sigmas(config: SamplerConfig, steps: int) -> list[float]:
+    """The noise levels `config`'s sampler visits in `steps` steps (the default calibration noise levels)."""
+    scheduler = make_scheduler(replace(config, steps=steps))
+    scheduler.set_timesteps(steps)
+    return [float(s) for s in scheduler.sigmas[:-1]]
 
 
 def initial_noise(

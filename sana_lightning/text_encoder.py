@@ -1,12 +1,27 @@
 """Frozen text encoder: any transformers encoder from a local path, MiniLM by default, cached per caption."""
 
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from sana_lightning.local_paths import local_model_dir
+
+
+@dataclass
+class TextEncoderConfig:
+    """The frozen text encoder (see `TextEncoder`)."""
+
+    path: str | None = None
+    """Local transformers model directory (Gemma-2-2B-IT for real Sana); empty: the embedded MiniLM."""
+    max_length: int = 300
+    complex_human_instruction: str | None = None
+    cache_size: int = 65536
+    """Captions whose embeddings are kept (LRU); 0 for large encoders and captions that rarely repeat."""
+    dtype: str = "float32"
+    """Weights dtype of the frozen encoder (`bfloat16` halves Gemma's memory); embeddings are returned in float32."""
 
 
 def embedded_text_encoder_path() -> str:

@@ -61,16 +61,19 @@ def error_line(error: BaseException) -> str:
 
 
 def check_config_files(args: list[str]) -> None:
-    """Each `--config FILE` exists and is valid YAML, else a one-line error naming the file (and line, column)."""
-    paths = [value for flag, value in zip(args, args[1:]) if flag == "--config"]
-    paths += [arg.removeprefix("--config=") for arg in args if arg.startswith("--config=")]
-    for path in paths:
+    """Each `--config FILE` exists and is valid YAML, and the first is a whole config (not an overlay such as
+    `tiny.yaml` or `grow.yaml`, whose sections lack a `class_path`), else a one-line error naming the file."""
+    given = zip(["", *args], args)  # (previous argument, argument)
+    paths = [
+        arg.removeprefix("--config=") for before, arg in given if before == "--config" or arg.startswith("--config=")
+    ]
+    for index, path in enumerate(paths):
         if not Path(path).exists():
             if Path(path).suffix in (".yaml", ".yml", ".json"):  # anything else may be inline YAML
                 raise FileNotFoundError(f"config file '{path}' not found: check the --config path")
             continue
         try:
-            yaml.safe_load(Path(path).read_text())
+            config = yaml.safe_load(Path(path).read_text())
         except yaml.MarkedYAMLError as error:
             mark = error.problem_mark
             raise ValueError(
@@ -78,3 +81,9 @@ def check_config_files(args: list[str]) -> None:
             ) from error
         except yaml.YAMLError as error:
             raise ValueError(f"config '{path}' is not YAML ({str(error).splitlines()[0]}): fix it") from error
+        sections = [config.get(k) for k in ("model", "data")] if index == 0 and isinstance(config, dict) else []
+        if any(isinstance(v, dict) and "init_args" in v and "class_path" not in v for v in sections):
+            raise ValueError(
+                f"config '{path}' is an overlay: stack it on a whole config, e.g. "
+                f"--config configs/base.yaml --config {path}"
+            )

@@ -8,7 +8,8 @@ from tiny_models import save_tiny_detr, save_tiny_llava
 
 from sana_lightning.data.datamodule import ShardDataModule
 from sana_lightning.data.shapes import write_shapes_dataset
-from sana_lightning.module import SanaFlowModule, TextEncoderConfig
+from sana_lightning.module import SanaFlowModule
+from sana_lightning.text_encoder import TextEncoderConfig
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,8 @@ import lightning as L
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from sana_lightning.data.datamodule import ShardStream, expand_shards
+from sana_lightning.data.shards import expand_shards
+from sana_lightning.data.stream import ShardStream, StreamConfig
 from sana_lightning.flow import flow_loss
 from sana_lightning.growth_module import GrowthModule
 from sana_lightning.sharding import FSDP2Strategy
@@ -29,7 +30,7 @@ class GlobalBatchGrowth(GrowthModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         inputs = self.flow_inputs(batch, self.noise_generator(batch_idx))
         mine = {k: v[self.global_rank :: self.trainer.world_size] for k, v in inputs.items()}
-        prediction = self.velocity(self.transformer, mine["noisy"], mine["sigmas"], mine["embeds"], mine["mask"])
+        prediction = self.prediction(self.transformer, mine)
         loss = flow_loss(prediction, mine["x0"], mine["noise"])
         self.losses.append(self.all_gather(loss.detach()).mean().item())
         return loss
@@ -50,11 +51,11 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
-    stream = ShardStream(expand_shards(args.shards), 8, 32, args.steps, shuffle_buffer=1)
+    stream = ShardStream(expand_shards(args.shards), StreamConfig(8, 32, args.steps, shuffle_buffer=1))
     batches = list(stream)  # before any process group: the same global batches on every rank
     L.seed_everything(0)
     module = GlobalBatchGrowth(
-        source=args.source,
+        pretrained=args.source,
         growth={"target_layers": 6},
         preset="tiny",
         text_encoder={"max_length": 8},

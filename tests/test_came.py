@@ -172,7 +172,7 @@ def test_bad_hyperparameters_are_clear_errors():
 def test_came_8bit_is_selectable_from_a_config(tmp_path, monkeypatch):
     from test_module import CONFIGS
 
-    from sana_lightning.cli import SanaCLI
+    from sana_lightning.lightning_cli import SanaCLI
 
     monkeypatch.chdir(tmp_path)
     configs = ["base.yaml", "tiny.yaml", "came8bit.yaml"]

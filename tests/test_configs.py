@@ -1,17 +1,21 @@
 """Every YAML under configs/ parses and instantiates against the code, so configs cannot drift."""
 
+import inspect
 from pathlib import Path
 
+import docstring_parser
 import pytest
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from sana_lightning.cli import COMMANDS, SanaCLI
+from sana_lightning.cli import COMMANDS, command, main
+from sana_lightning.lightning_cli import SanaCLI
 from sana_lightning.module import SanaFlowModule
 from sana_lightning.presets import build_transformer
 
 CONFIGS = Path(__file__).parents[1] / "configs"
-OVERLAYS = {"tiny.yaml", "came8bit.yaml", "fsdp2.yaml", "precomputed.yaml"}  # partial configs, stacked on base.yaml
+# Partial configs, stacked on base.yaml.
+OVERLAYS = {"tiny.yaml", "came8bit.yaml", "fsdp2.yaml", "precomputed.yaml", "grow.yaml", "recover.yaml"}
 # Configs of data/model commands rather than of `fit`.
 COMMAND_CONFIGS = {"prune.yaml": "prune", "scale.yaml": "scale", "scale_paper.yaml": "scale"}
 # Need GPUs and local production models: parsed, not instantiated.
@@ -48,7 +52,7 @@ def test_every_config_parses_against_the_code(config, small_source, small_diffus
     if config.name in COMMAND_CONFIGS:
         parser = ArgumentParser()
         parser.add_argument("--config", action=ActionConfigFile)
-        parser.add_function_arguments(COMMANDS[COMMAND_CONFIGS[config.name]])
+        parser.add_function_arguments(command(COMMAND_CONFIGS[config.name]))
         parsed = parser.parse_args(["--config", str(config)])
         assert parsed.checkpoint and parsed.out_dir  # the command's required arguments come from the config
         return
@@ -59,8 +63,29 @@ def test_every_config_parses_against_the_code(config, small_source, small_diffus
         assert cli.config.trainer.strategy.class_path.endswith(("FSDPStrategy", "FSDP2Strategy"))
         return
     text = config.read_text()
-    for key, value in (("source", small_source), ("teacher", small_source), ("pruned", small_diffusers_dir)):
+    pretrained = small_diffusers_dir if "PruneRecoveryModule" in text else small_source
+    for key, value in (("pretrained", pretrained), ("teacher", small_source)):
         if f"    {key}:" in text:
             args.append(f"--model.init_args.{key}={value}")
     cli = SanaCLI(args=args, run=False)
     assert isinstance(cli.model, SanaFlowModule) and cli.trainer is not None
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_documents_each_option_for_its_help(name, capsys):
+    """`--help` shows each option's line from the function's `Args:` section."""
+    documented = {p.arg_name: p.description for p in docstring_parser.parse(command(name).__doc__).params}
+    undocumented = [p for p in inspect.signature(command(name)).parameters if not documented.get(p)]
+    assert not undocumented, f"{name}: document {undocumented} in the docstring's Args section"
+    with pytest.raises(SystemExit):
+        main([name, "--help"])
+    shown = "".join(capsys.readouterr().out.split())  # argparse re-wraps lines, also at hyphens
+    assert all("".join(line.split()) in shown for line in documented.values())
+
+
+def test_module_options_show_their_docstrings_in_help(capsys):
+    with pytest.raises(SystemExit):
+        SanaCLI(args=["fit", "--model.help", "sana_lightning.growth_module.GrowthModule"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "Multiplies the learning rate of the blocks that came from the source." in shown
+    assert "Start from these weights: a checkpoint" in shown  # SanaFlowModule's own, through **kwargs

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sana_lightning.data.datamodule import ShardDataModule, ShardStream, decode_sample, expand_shards
+from sana_lightning.data.datamodule import ShardDataModule
 from sana_lightning.data.folder_shards import write_folder_shards
 from sana_lightning.data.shapes import (
     COLORS,
@@ -19,6 +19,8 @@ from sana_lightning.data.shapes import (
     render,
     write_shapes_dataset,
 )
+from sana_lightning.data.shards import decode_sample, expand_shards
+from sana_lightning.data.stream import ShardStream, StreamConfig
 from sana_lightning.eval.geneval import relative_position
 
 
@@ -61,7 +63,8 @@ def test_shards_and_metadata_are_written(shapes_dir):
 
 
 def stream(urls, **kwargs) -> ShardStream:
-    return ShardStream([str(u) for u in urls], **{"batch_size": 4, "image_size": 32, "batches_per_epoch": 3, **kwargs})
+    config = StreamConfig(**{"batch_size": 4, "image_size": 32, "batches_per_epoch": 3, **kwargs})
+    return ShardStream([str(u) for u in urls], config)
 
 
 def test_stream_gives_exactly_batches_per_epoch_and_is_seeded_by_epoch(shapes_dir):
@@ -83,7 +86,7 @@ def test_every_rank_gets_the_same_number_of_full_batches_from_uneven_shards(tmp_
     for rank in (0, 1, 2):  # 3 ranks, 2 shards: every rank still reads (all shards) and stops at the same count
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "3")
-        batches = list(ShardStream(urls, 8, 32, 7, shuffle_buffer=8))
+        batches = list(ShardStream(urls, StreamConfig(8, 32, 7, shuffle_buffer=8)))
         counts.append([len(b["caption"]) for b in batches])
     assert counts == [[8] * 7] * 3  # 7 batches of 8 each (56 > 45 samples: resampled), so no rank waits on another
 

@@ -2,6 +2,7 @@
 
 import errno
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,6 +116,15 @@ def test_a_yaml_syntax_error_names_the_stacked_config_file(tmp_path, monkeypatch
     assert (
         message
         == f"error: config '{second}' line 3, column 12: mapping values are not allowed here: fix its YAML syntax"
+    )
+
+
+def test_an_overlay_config_alone_names_the_base_to_stack_it_on(monkeypatch):
+    overlay = Path(__file__).parents[1] / "configs/grow.yaml"
+    message = error_line(monkeypatch, "fit", "--config", overlay)
+    assert message == (
+        f"error: config '{overlay}' is an overlay: stack it on a whole config, e.g. --config configs/base.yaml "
+        f"--config {overlay}"
     )
 
 

@@ -283,7 +283,8 @@ def test_geneval_callback_logs_per_task_scores(shapes_dir, tmp_path):
 
     from sana_lightning.callbacks import GenEvalCallback
     from sana_lightning.data.datamodule import ShardDataModule
-    from sana_lightning.module import SanaFlowModule, TextEncoderConfig
+    from sana_lightning.module import SanaFlowModule
+    from sana_lightning.text_encoder import TextEncoderConfig
 
     module = SanaFlowModule(
         preset="tiny", text_encoder=TextEncoderConfig(max_length=8), sampler={"steps": 2}, ema_decay=None

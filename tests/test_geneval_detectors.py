@@ -18,10 +18,10 @@ from sana_lightning.eval.transformers_detector import (
     Mask2FormerDetector,
     TransformersDetector,
     instances,
-    make_detector,
     mask_box,
     masked_crop,
 )
+from sana_lightning.factory import make_detector
 
 # djghosh13/geneval evaluation/object_names.txt in order (spaces written as "_").
 GENEVAL_OBJECT_NAMES = [

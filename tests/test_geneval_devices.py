@@ -89,7 +89,7 @@ def test_a_neural_detector_scores_in_the_predict_loop_as_in_process(tiny_detecto
     """Its models are submodules (Lightning moves them) and it is told its device; the verdicts do not change."""
     from sana_lightning.eval.scoring import DetectorModule, score_folder_on_devices
     from sana_lightning.eval.transformers_detector import TransformersDetector
-    from sana_lightning.generation import TrainerOptions
+    from sana_lightning.trainer_options import TrainerOptions
 
     detector = TransformersDetector(*map(str, tiny_detector_and_clip))
     module = DetectorModule(detector)

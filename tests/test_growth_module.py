@@ -7,16 +7,17 @@ from diffusers import SanaTransformer2DModel
 from test_module import CONFIGS
 
 from sana_lightning.checkpoints import load_checkpoint_transformer
-from sana_lightning.cli import SanaCLI, main
+from sana_lightning.cli import main
 from sana_lightning.data.datamodule import ShardDataModule
 from sana_lightning.growth_module import GrowthModule
-from sana_lightning.module import TextEncoderConfig
+from sana_lightning.lightning_cli import SanaCLI
 from sana_lightning.presets import build_transformer
+from sana_lightning.text_encoder import TextEncoderConfig
 
 
 def growth_module(source, **kwargs):
     return GrowthModule(
-        source=str(source),
+        pretrained=str(source),
         growth=kwargs.pop("growth", {"target_layers": 8, "drop_last": 0}),
         preset="tiny",
         text_encoder=TextEncoderConfig(max_length=8),
@@ -76,11 +77,11 @@ def test_preserved_blocks_can_train_with_a_smaller_learning_rate(tiny_checkpoint
 
 def test_the_target_takes_its_widths_from_the_source_and_a_preset_is_only_checked(tiny_checkpoint):
     module = GrowthModule(
-        source=str(tiny_checkpoint), growth={"target_layers": 6}, text_encoder=TextEncoderConfig(max_length=8)
+        pretrained=str(tiny_checkpoint), growth={"target_layers": 6}, text_encoder=TextEncoderConfig(max_length=8)
     )
     assert module.hparams.preset is None and module.transformer.config.num_attention_heads == 2
     with pytest.raises(ValueError) as error:
-        GrowthModule(source=str(tiny_checkpoint), growth={"target_layers": 8}, preset="small")
+        GrowthModule(pretrained=str(tiny_checkpoint), growth={"target_layers": 8}, preset="small")
     assert str(error.value) == (
         "growth takes the target's widths from the source, which differs from preset='small' / transformer "
         "overrides in num_attention_heads=2 (target 4), num_cross_attention_heads=2 (target 4), "
@@ -133,10 +134,12 @@ def test_grow_config_runs_from_the_cli(tiny_checkpoint, tmp_path, monkeypatch):
         args=[
             "fit",
             "--config",
+            str(CONFIGS / "base.yaml"),
+            "--config",
             str(CONFIGS / "grow.yaml"),
             "--config",
             str(CONFIGS / "tiny.yaml"),
-            f"--model.init_args.source={tiny_checkpoint}",
+            f"--model.init_args.pretrained={tiny_checkpoint}",
             "--model.init_args.growth.target_layers=6",
             "--trainer.max_steps=2",
             "--trainer.logger.init_args.save_dir=runs",

@@ -6,19 +6,21 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sana_lightning.cli import SanaCLI
 from sana_lightning.data.datamodule import ShardDataModule
-from sana_lightning.module import SanaFlowModule, TextEncoderConfig
+from sana_lightning.growth_module import GrowthModule
+from sana_lightning.lightning_cli import SanaCLI
+from sana_lightning.module import SanaFlowModule
 from sana_lightning.presets import build_transformer
+from sana_lightning.prune_module import PruneRecoveryModule
+from sana_lightning.text_encoder import TextEncoderConfig
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
 
 def tiny_module(**kwargs) -> SanaFlowModule:
     optimizer = lambda params: torch.optim.AdamW(params, lr=1e-3)  # noqa: E731
-    return SanaFlowModule(
-        preset="tiny", text_encoder=TextEncoderConfig(max_length=8), ema_decay=0.9, optimizer=optimizer, **kwargs
-    )
+    kwargs = {"preset": "tiny"} | kwargs if "pretrained" not in kwargs else kwargs
+    return SanaFlowModule(text_encoder=TextEncoderConfig(max_length=8), ema_decay=0.9, optimizer=optimizer, **kwargs)
 
 
 class LossRecorder(L.Callback):
@@ -128,6 +130,28 @@ def test_bad_model_configuration_is_a_one_line_error(kwargs, error, match):
         SanaFlowModule(**{"preset": "tiny", **kwargs})
 
 
+def test_no_transformer_source_setting_is_silently_ignored(tmp_path):
+    """One TransformerSource: a setting the chosen source would not use is an error naming it."""
+    build_transformer("tiny", caption_channels=384).save_pretrained(tmp_path / "tiny")
+    pretrained = str(tmp_path / "tiny")
+    cases = [
+        (SanaFlowModule, dict(pretrained=pretrained, preset="small"), "fixes the architecture: remove preset='small'"),
+        (SanaFlowModule, dict(pretrained=pretrained, transformer={"num_layers": 3}), "remove transformer="),
+        (SanaFlowModule, dict(preset="tiny", growth={"target_layers": 4}), "growth needs pretrained"),
+        (GrowthModule, dict(pretrained=pretrained), "GrowthModule needs pretrained .* and growth"),
+        (PruneRecoveryModule, dict(preset="tiny"), "PruneRecoveryModule needs pretrained"),
+        (PruneRecoveryModule, dict(pretrained=pretrained, teacher=pretrained), "distillation needs both a teacher"),
+        (PruneRecoveryModule, dict(pretrained=pretrained, distill_weight=1.0), "distillation needs both a teacher"),
+    ]
+    for cls, kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            cls(text_encoder=TextEncoderConfig(max_length=8), **kwargs)
+    growth = {"target_layers": 4, "drop_last": 0}
+    grown = SanaFlowModule(pretrained=pretrained, growth=growth, text_encoder={"max_length": 8})
+    assert grown.block_origins == [0, 1, None, None] and grown.transformer.config.num_layers == 4
+    assert SanaFlowModule(text_encoder={"max_length": 8}).transformer.config.num_layers == 6  # default preset: small
+
+
 def test_cli_fit_writes_tensorboard_losses_samples_and_checkpoints(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     SanaCLI(args=["fit", "--config", str(CONFIGS / "base.yaml"), "--config", str(CONFIGS / "tiny.yaml")])
@@ -168,7 +192,11 @@ def test_cli_validate_test_and_predict_from_a_fit_checkpoint(tmp_path, monkeypat
     "argv, message",
     [
         (
-            ["fit", "--config", str(CONFIGS / "grow.yaml"), "--model.init_args.source=nope.ckpt"],
+            [
+                "fit",
+                *("--config", str(CONFIGS / "base.yaml"), "--config", str(CONFIGS / "grow.yaml")),
+                "--model.init_args.pretrained=nope.ckpt",
+            ],
             "error: 'nope.ckpt' does not exist",
         ),
         (
@@ -194,7 +222,7 @@ def test_command_line_errors_are_one_line(argv, message, monkeypatch, tmp_path):
 def test_non_finite_training_stops_before_the_update_and_keeps_the_last_good_checkpoint(shapes_dir, tmp_path):
     """lr=1e6 drives the loss to NaN/Inf: training stops in one line naming the step, the batch's samples and the
     last good checkpoint; no checkpoint is written from the non-finite state and `last.ckpt` still loads."""
-    from sana_lightning.module import NonFiniteError
+    from sana_lightning.nonfinite import NonFiniteError
 
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True)
     trainer = L.Trainer(

@@ -15,13 +15,15 @@ from PIL import Image
 from sana_lightning.autoencoder import PixelAutoencoder, load_autoencoder
 from sana_lightning.data.buckets import nearest_bucket, sana_buckets
 from sana_lightning.data.captions import caption_weights, choose_caption
-from sana_lightning.data.datamodule import ShardDataModule, ShardStream, decode_sample, expand_shards
+from sana_lightning.data.datamodule import ShardDataModule
 from sana_lightning.data.precompute import precompute
+from sana_lightning.data.shards import decode_sample, expand_shards
+from sana_lightning.data.stream import ShardStream, StreamConfig
 from sana_lightning.module import SanaFlowModule
 
 
 def _first_batch(shards: str, **kwargs) -> dict:
-    return next(iter(ShardStream(expand_shards(shards), 8, 32, 1, shuffle_buffer=16, seed=3, **kwargs)))
+    return next(iter(ShardStream(expand_shards(shards), StreamConfig(8, 32, 1, shuffle_buffer=16, seed=3, **kwargs))))
 
 
 def test_precomputed_latents_equal_the_autoencoder_output(shapes_dir, tiny_dc_ae, tmp_path):
@@ -118,7 +120,9 @@ def test_bucketed_batches_hold_one_shape_and_every_sample_its_nearest_bucket(tmp
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))
         monkeypatch.setenv("WORLD_SIZE", "2")
-        stream = ShardStream([shards], 4, 32, 12, shuffle_buffer=8, seed=rank, buckets=list(buckets.values()))
+        stream = ShardStream(
+            [shards], StreamConfig(4, 32, 12, shuffle_buffer=8, seed=rank, buckets=list(buckets.values()))
+        )
         batches = list(stream)
         assert len(batches) == 12
         for batch in batches:
@@ -153,7 +157,9 @@ def test_stream_picks_captions_by_their_scores(tmp_path):
         Image.new("RGB", (32, 32)).save(png, format="PNG")
         record = {"captions": ["low", "high"], "caption_scores": [0.1, 0.3]}  # T=0.5: weights 1 : 9
         writer.write({"__key__": "0", "png": png.getvalue(), "json": json.dumps(record)})
-    stream = ShardStream([str(tmp_path / "captions-000000.tar")], 100, 32, 20, 1, 0, None, "weighted", 0.5)
+    stream = ShardStream(
+        [str(tmp_path / "captions-000000.tar")], StreamConfig(100, 32, 20, 1, 0, None, "weighted", 0.5)
+    )
     counts = Counter(c for batch in stream for c in batch["caption"])
     assert abs(counts["high"] / 2000 - 0.9) < 0.03
 

@@ -8,10 +8,11 @@ from sana_lightning.blocks import keep_blocks, zero_block_outputs
 from sana_lightning.cli import main
 from sana_lightning.data.datamodule import ShardDataModule
 from sana_lightning.data.precompute import precompute
-from sana_lightning.module import SanaFlowModule, TextEncoderConfig
+from sana_lightning.module import SanaFlowModule
 from sana_lightning.presets import build_transformer
 from sana_lightning.prune_module import PruneRecoveryModule
 from sana_lightning.pruning import CalibrationBatch, block_importance, blocks_to_remove, prune, select_blocks
+from sana_lightning.text_encoder import TextEncoderConfig
 
 IDENTITY_BLOCKS = [1, 4]
 
@@ -136,10 +137,9 @@ def test_importance_and_prune_run_on_precomputed_shards_as_on_raw_ones(tiny_chec
 def test_recovery_trains_the_pruned_model_with_distillation(tiny_checkpoint, shapes_dir, tmp_path):
     main(["prune", str(tiny_checkpoint), str(tmp_path / "pruned"), "2", "--criterion", "last"])
     module = PruneRecoveryModule(
-        pruned=str(tmp_path / "pruned"),
+        pretrained=str(tmp_path / "pruned"),
         teacher=str(tiny_checkpoint),
         distill_weight=0.5,
-        preset="tiny",
         text_encoder=TextEncoderConfig(max_length=8),
         ema_decay=None,
     )

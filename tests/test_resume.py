@@ -12,7 +12,7 @@ import pytest
 import torch
 from resume_helpers import logged
 
-from sana_lightning.cli import SanaCLI
+from sana_lightning.lightning_cli import SanaCLI
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 ROOT = Path(__file__).parents[1]

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from tiny_models import save_tiny_llava
 
-from sana_lightning.cli import make_judge
+from sana_lightning.factory import make_judge
 from sana_lightning.inference_scaling import VLMJudge
 
 SPELLINGS = {"yes": ("yes", "Yes", "YES"), "no": ("no", "No", "NO")}

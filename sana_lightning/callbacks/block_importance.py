@@ -4,7 +4,7 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from sana_lightning.plots import figure_to_tensor, importance_figure
-from sana_lightning.pruning import block_importance
+from sana_lightning.pruning import module_importance
 
 
 class BlockImportanceCallback(L.Callback):
@@ -30,10 +30,8 @@ class BlockImportanceCallback(L.Callback):
         self._validations += 1
         if self._validations % self.every_n_validations:
             return
-        calibration = pl_module.calibration_batch(self._batch, self.seed)
-        importance = block_importance(  # on every rank (a sharded model needs them all); rank 0's batch is logged
-            pl_module.transformer, calibration, pl_module.calibration_sigmas(self.num_sigmas), self.loss_delta
-        )
+        # On every rank (a sharded model needs them all); rank 0's batch is logged.
+        importance = module_importance(pl_module, self._batch, self.num_sigmas, self.loss_delta, self.seed)
         if not trainer.is_global_zero:
             return
         for metric, scores in importance.scores.items():

@@ -6,7 +6,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from sana_lightning.eval.geneval import TASKS, read_metadata, score_image
 from sana_lightning.eval.metric import GenEvalScore
-from sana_lightning.eval.transformers_detector import make_detector
+from sana_lightning.factory import make_detector
 from sana_lightning.images import frame, image_grid, to_pil
 
 

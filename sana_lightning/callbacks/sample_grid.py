@@ -1,4 +1,4 @@
-"""Logs a grid of samples for fixed prompts and seeds to TensorBoard (and as PNG) during training."""
+"""Logs a grid of samples for fixed prompts and seeds to TensorBoard (and as PNG in its run) during training."""
 
 from pathlib import Path
 
@@ -21,7 +21,8 @@ DEFAULT_PROMPTS = (
 
 class SampleGrid(L.Callback):
     """Every `every_n_steps` optimizer steps (and at the end of training) draw one image per prompt (fixed seeds)
-    with the module's sampler and EMA weights; log the grid and its prompts to TensorBoard and save it as PNG."""
+    with the module's sampler and EMA weights; log the grid and its prompts to TensorBoard and save it as PNG in the
+    TensorBoard run's `samples/`. Without a TensorBoard logger (as under fast_dev_run) it draws nothing."""
 
     def __init__(
         self, prompts: list[str] | None = None, every_n_steps: int = 250, seed: int = 0, columns: int = 8
@@ -33,22 +34,23 @@ class SampleGrid(L.Callback):
         self._last_step = -1
 
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.global_step == self._last_step:
+        # Every rank takes the same branches and calls the collectives: generating (a sharded model needs every rank)
+        # and broadcasting rank 0's log_dir (another rank's logger may number the version differently).
+        tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if tensorboard is None or trainer.global_step == self._last_step:
             return
         self._last_step = trainer.global_step
         was_training = pl_module.training
         pl_module.eval()
-        images = pl_module.generate(self.prompts, seeds=self.seed)  # on every rank: a sharded model needs them all
+        images = pl_module.generate(self.prompts, seeds=self.seed)
         pl_module.train(was_training)
-        directory = Path(trainer.log_dir or trainer.default_root_dir) / "samples"  # log_dir is collective
+        directory = Path(trainer.strategy.broadcast(tensorboard.log_dir)) / "samples"
         if not trainer.is_global_zero:
             return
         grid = image_grid(images, self.columns)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("samples", grid, trainer.global_step)
-                legend = "\n".join(f"{i}. {p}" for i, p in enumerate(self.prompts))
-                logger.experiment.add_text("samples/prompts", legend, trainer.global_step)
+        tensorboard.experiment.add_image("samples", grid, trainer.global_step)
+        legend = "\n".join(f"{i}. {p}" for i, p in enumerate(self.prompts))
+        tensorboard.experiment.add_text("samples/prompts", legend, trainer.global_step)
         save_png(grid, directory / f"step_{trainer.global_step:07d}.png", scale=4)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -4,11 +4,12 @@ import json
 import logging
 from pathlib import Path
 
-import webdataset as wds
 from tqdm.auto import tqdm
 
+from sana_lightning.data.shards import IMAGE_KEYS, write_shards
+
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+IMAGE_SUFFIXES = tuple(f".{key}" for key in IMAGE_KEYS)
 
 
 def read_captions(image: Path) -> list[str] | None:
@@ -33,6 +34,12 @@ def write_folder_shards(
     """Write `<out_dir>/<prefix>-%06d.tar` from the images under `image_dir` (recursively), keeping their bytes.
 
     Images without a caption file are skipped and counted. Returns the shard paths.
+
+    Args:
+        image_dir: The folder of images, each with a .txt (one caption a line) or .json caption file beside it.
+        out_dir: Where the shards go.
+        prefix: Shard name prefix (train, val, ...).
+        samples_per_shard: Images a shard.
     """
     root = Path(image_dir)
     if not root.is_dir():
@@ -40,22 +47,20 @@ def write_folder_shards(
     images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise ValueError(f"no {'/'.join(IMAGE_SUFFIXES)} images under '{image_dir}'")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    skipped = 0
-    with wds.ShardWriter(str(out / f"{prefix}-%06d.tar"), maxcount=samples_per_shard, verbose=0) as writer:
-        for index, image in enumerate(tqdm(images, desc="shards", unit="img")):
-            captions = read_captions(image)
-            if captions is None:
-                skipped += 1
-                continue
-            extension = image.suffix.lower().lstrip(".").replace("jpeg", "jpg")
-            key = f"{index:09d}"
-            writer.write({"__key__": key, extension: image.read_bytes(), "json": json.dumps({"captions": captions})})
-    if skipped:
+    captioned = [(index, image, read_captions(image)) for index, image in enumerate(images)]
+    captioned = [(index, image, captions) for index, image, captions in captioned if captions is not None]
+    if skipped := len(images) - len(captioned):
         log.warning("skipped %d of %d images without a .txt or .json caption beside them", skipped, len(images))
-    if skipped == len(images):
+    if not captioned:
         raise ValueError(
             f"none of the {len(images)} images under '{image_dir}' has a caption (.txt or .json beside it)"
         )
-    return sorted(str(p) for p in out.glob(f"{prefix}-*.tar"))
+    samples = (
+        {
+            "__key__": f"{index:09d}",
+            image.suffix.lower().lstrip(".").replace("jpeg", "jpg"): image.read_bytes(),
+            "json": json.dumps({"captions": captions}),
+        }
+        for index, image, captions in tqdm(captioned, desc="shards", unit="img")
+    )
+    return write_shards(out_dir, prefix, samples, samples_per_shard)

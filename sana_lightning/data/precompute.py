@@ -1,7 +1,6 @@
 """Encode image shards offline: latents (and optionally caption features) as new WebDataset shards, resumable."""
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -9,24 +8,17 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 import webdataset as wds
 from tqdm.auto import tqdm
 
 from sana_lightning.autoencoder import load_autoencoder
 from sana_lightning.data.buckets import resolve_buckets
-from sana_lightning.data.datamodule import decode_sample, expand_shards
+from sana_lightning.data.shards import decode_sample, encode_npy, expand_shards
 from sana_lightning.text_encoder import TextEncoder
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
-
-
-def _npy(array: torch.Tensor, dtype: str) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array.cpu().numpy().astype(dtype), allow_pickle=False)
-    return buffer.getvalue()
 
 
 def _sha256(path: Path) -> str:
@@ -84,6 +76,23 @@ def precompute(
     paths (empty: pixel space / the embedded MiniLM) and settings that must be those of the model trained on the
     output. Finished shards are listed in `manifest.json` with their sample count and
     sha256 and are not redone when the command is run again.
+
+    Args:
+        shards: Input shards (brace pattern, glob or comma list).
+        out_dir: Where the precomputed shards go.
+        autoencoder: Local diffusers AutoencoderDC directory (empty: pixel space).
+        autoencoder_subfolder: Its subfolder in a pipeline directory (e.g. vae).
+        text_encoder: Local transformers text encoder directory (empty: the embedded MiniLM).
+        encode_text: Also write every caption's features and mask.
+        max_length: Caption tokens (Gemma in Sana: 300).
+        complex_human_instruction: Sana's prompt prefix, if the model is trained with it.
+        text_encoder_dtype: Weights dtype of the text encoder (bfloat16 halves Gemma's memory).
+        image_size: Square crop side when there are no buckets.
+        buckets: Aspect-ratio buckets: sana (its 40 ratios around image_size), a list of [height, width], or null.
+        bucket_multiple: Bucket sides are multiples of this.
+        batch_size: Images an autoencoder forward.
+        dtype: Stored dtype of latents and features.
+        device: Where the encoders run (cpu, cuda).
     """
     urls = expand_shards(shards)
     out = Path(out_dir)
@@ -132,14 +141,14 @@ def precompute(
                 embeds, mask = texts([c for _, d, _ in chunk for c in d["captions"]])
                 counts = [len(d["captions"]) for _, d, _ in chunk]
                 for (key, _, _), e, m in zip(chunk, embeds.split(counts), mask.split(counts)):
-                    features[key] = {"text.npy": _npy(e, dtype), "mask.npy": _npy(m, "uint8")}
+                    features[key] = {"text.npy": encode_npy(e, dtype), "mask.npy": encode_npy(m, "uint8")}
         tmp = target.with_suffix(".tmp")
         with wds.TarWriter(str(tmp)) as writer:
             for key, decoded, record in samples:
                 meta = {k: v for k, v in record.items() if k not in ("caption", "prompt")}
                 meta |= {"captions": decoded["captions"], "caption_scores": decoded["scores"]}
                 meta["latent"] = {k: settings[k] for k in ("autoencoder", "scaling_factor", "dtype")}
-                sample = {"__key__": key, "latent.npy": _npy(latents[key], dtype), "json": json.dumps(meta)}
+                sample = {"__key__": key, "latent.npy": encode_npy(latents[key], dtype), "json": json.dumps(meta)}
                 writer.write(sample | features.get(key, {}))
         os.replace(tmp, target)
         manifest["shards"][name] = {"samples": len(samples), "skipped": skipped, "sha256": _sha256(target)}

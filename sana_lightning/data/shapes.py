@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from sana_lightning.data.shards import write_shards
 from sana_lightning.eval.geneval import relative_position
 
 # GenEval's ten colours, rendered as saturated, well separated RGB values.
@@ -177,19 +177,20 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def _sample(key: str, scene: Scene, image_size: int) -> dict:
+    """The shard sample of a scene: its PNG and a `.json` with both captions, GenEval metadata and objects."""
+    record = {
+        "captions": [scene.prompt, scene.description],
+        **scene.metadata(),
+        "objects": [asdict(o) for o in scene.objects],
+    }
+    return {"__key__": key, "png": encode_png(render(scene.objects, image_size)), "json": json.dumps(record)}
+
+
 def _write_split(directory: Path, split: str, count: int, per_shard: int, sampler: SceneSampler) -> list[str]:
-    pattern = str(directory / f"{split}-%06d.tar")
-    with wds.ShardWriter(pattern, maxcount=per_shard, verbose=0) as writer:
-        for index in tqdm(range(count), desc=f"shapes {split}", unit="img"):
-            scene = sampler.sample(TASKS[index % len(TASKS)])
-            record = {
-                "captions": [scene.prompt, scene.description],
-                **scene.metadata(),
-                "objects": [asdict(o) for o in scene.objects],
-            }
-            image = render(scene.objects, sampler.size)
-            writer.write({"__key__": f"{split}{index:08d}", "png": encode_png(image), "json": json.dumps(record)})
-    return sorted(str(p) for p in directory.glob(f"{split}-*.tar"))
+    indices = tqdm(range(count), desc=f"shapes {split}", unit="img")
+    samples = (_sample(f"{split}{i:08d}", sampler.sample(TASKS[i % len(TASKS)]), sampler.size) for i in indices)
+    return write_shards(directory, split, samples, per_shard)
 
 
 def evaluation_scenes(prompts_per_task: int, image_size: int = 32, seed: int = 2) -> list[Scene]:
@@ -207,7 +208,17 @@ def write_shapes_dataset(
     eval_prompts_per_task: int = 32,
     seed: int = 0,
 ) -> Path:
-    """Write Shapes WebDataset shards (`train-*.tar`, `val-*.tar`) and GenEval `metadata.jsonl` to `out_dir`."""
+    """Write Shapes WebDataset shards (`train-*.tar`, `val-*.tar`) and GenEval `metadata.jsonl` to `out_dir`.
+
+    Args:
+        out_dir: The dataset folder.
+        num_train: Training images.
+        num_val: Validation images.
+        image_size: Image side in pixels (at least 24).
+        samples_per_shard: Images a shard.
+        eval_prompts_per_task: GenEval prompts for each of the six tasks in metadata.jsonl.
+        seed: Seeds the scenes (train: seed, val: seed + 1, prompts: seed + 2).
+    """
     if image_size < 24:
         raise ValueError(f"image_size {image_size} is too small for Shapes scenes: use image_size >= 24")
     directory = Path(out_dir)

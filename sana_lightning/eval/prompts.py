@@ -2,9 +2,10 @@
 one."""
 
 import random
+from pathlib import Path
 
 from sana_lightning.data.shapes import SHAPES
-from sana_lightning.eval.geneval import COCO_CLASSES, COLORS, RELATIONS, TASKS
+from sana_lightning.eval.geneval import COCO_CLASSES, COLORS, RELATIONS, TASKS, read_metadata
 
 SHAPES_CLASSES = SHAPES
 IRREGULAR_PLURALS = {
@@ -68,3 +69,13 @@ def geneval_prompts(classes: tuple[str, ...] = COCO_CLASSES, prompts_per_task: i
                 record = {"include": include, "prompt": prompt}
             records.append({"tag": tag, "exclude": [], **record})
     return records
+
+
+def read_prompts(path: str) -> list[dict]:
+    """GenEval-format `metadata.jsonl`, or a text file with one prompt a line (as `{"prompt": ...}` records)."""
+    if path.endswith(".jsonl"):
+        return read_metadata(path)
+    prompts = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"'{path}' holds no prompts: one prompt a line, or a GenEval metadata.jsonl")
+    return [{"prompt": p} for p in prompts]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from sana_lightning.eval.folder import ScoreJob, folder_jobs, score_jobs
 from sana_lightning.eval.geneval import Detector, ImageResult
-from sana_lightning.generation import HostModule, TrainerOptions, predict_on_devices
+from sana_lightning.generation import HostModule, predict_on_devices
+from sana_lightning.trainer_options import TrainerOptions
 
 
 class DetectorModule(HostModule):

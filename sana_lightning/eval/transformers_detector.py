@@ -176,20 +176,3 @@ class Mask2FormerDetector(CLIPColorDetector):
             [(label, Detection(mask_box(mask), score, mask)) for label, score, mask in instances(*per_image, size)]
             for per_image in logits
         ]
-
-
-def make_detector(
-    name: str = "shapes", detector_path: str | None = None, clip_path: str | None = None, device: str = "cpu"
-):
-    """`shapes` (the exact Shapes detector), `mask2former` (instance segmentation + CLIP on the masked object, as
-    GenEval) or `transformers` (an object detector + CLIP on the box), models from local paths."""
-    if name == "shapes":
-        from sana_lightning.eval.shapes_detector import ShapesDetector
-
-        return ShapesDetector()
-    if name in ("mask2former", "transformers"):
-        if not detector_path or not clip_path:
-            raise ValueError(f"the {name} detector needs --detector_path and --clip_path (local model directories)")
-        backend = Mask2FormerDetector if name == "mask2former" else TransformersDetector
-        return backend(detector_path, clip_path, device)
-    raise ValueError(f"unknown detector '{name}': use shapes, mask2former or transformers")

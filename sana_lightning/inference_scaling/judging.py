@@ -6,9 +6,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from sana_lightning.generation import HostModule, TrainerOptions, predict_on_devices
+from sana_lightning.generation import HostModule, predict_on_devices
 from sana_lightning.inference_scaling.judges import Judge
 from sana_lightning.inference_scaling.tournament import Verdict
+from sana_lightning.trainer_options import TrainerOptions
 
 
 class JudgeModule(HostModule):

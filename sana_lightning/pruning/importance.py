@@ -15,7 +15,8 @@ import torch
 from diffusers import SanaTransformer2DModel
 
 from sana_lightning.blocks import keep_blocks
-from sana_lightning.flow import add_noise, flow_loss, timesteps_from_sigmas
+from sana_lightning.flow import add_noise, flow_loss, timesteps_from_sigmas, velocity
+from sana_lightning.sampling import sampler_sigmas
 
 METRICS = ("cosine", "angular", "loss_delta")
 
@@ -49,11 +50,25 @@ class Importance:
         }
 
 
-def _velocity(transformer, latents, sigma, batch: CalibrationBatch) -> torch.Tensor:
-    timestep = timesteps_from_sigmas(torch.full((len(latents),), sigma)).to(latents) * transformer.config.timestep_scale
-    return transformer(
-        latents, encoder_hidden_states=batch.embeds, encoder_attention_mask=batch.mask, timestep=timestep
-    ).sample
+@torch.no_grad()
+def calibration_batch(module, batch: dict, seed: int = 0) -> CalibrationBatch:
+    """Fixed inputs for importance: `module.encode_batch`'s clean latents and embeddings of `batch` (raw or
+    precomputed shards, no caption dropout) on the module's device, with seeded noise."""
+    batch = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    x0, embeds, mask = module.encode_batch(batch, torch.Generator().manual_seed(seed), caption_dropout=0.0)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0)
+    return CalibrationBatch(x0, embeds, mask, noise)
+
+
+def module_importance(module, batch: dict, num_sigmas: int = 10, loss_delta: bool = True, seed: int = 0) -> Importance:
+    """Importance of a flow module's blocks on `batch`, at the `num_sigmas` noise levels its sampler visits."""
+    sigmas = sampler_sigmas(module.sampler, num_sigmas)
+    return block_importance(module.transformer, calibration_batch(module, batch, seed), sigmas, loss_delta)
+
+
+def _loss(transformer, batch: CalibrationBatch, noisy: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    prediction = velocity(transformer, noisy, timesteps_from_sigmas(sigmas), batch.embeds, batch.mask)
+    return flow_loss(prediction, batch.latents, batch.noise)
 
 
 @contextmanager
@@ -85,15 +100,16 @@ def block_importance(
     handles = [block.register_forward_hook(lambda m, a, o, i=i: record(i, m, a, o)) for i, block in enumerate(blocks)]
     try:
         for j, sigma in enumerate(sigmas):
-            noisy = add_noise(batch.latents, batch.noise, torch.full((len(batch.latents),), sigma))
-            base = flow_loss(_velocity(transformer, noisy, sigma, batch), batch.latents, batch.noise)
+            sigma_batch = torch.full((len(batch.latents),), sigma)
+            noisy = add_noise(batch.latents, batch.noise, sigma_batch)
+            base = _loss(transformer, batch, noisy, sigma_batch)
             for i, cos in current.items():
                 cosine[i, j] = 1 - cos.mean()
                 angular[i, j] = (torch.arccos(cos) / torch.pi).mean()
             if loss_delta:
                 for i, block in enumerate(blocks):
                     with _skipping(block):
-                        skipped = flow_loss(_velocity(transformer, noisy, sigma, batch), batch.latents, batch.noise)
+                        skipped = _loss(transformer, batch, noisy, sigma_batch)
                     deltas[i, j] = skipped - base
     finally:
         for handle in handles:
