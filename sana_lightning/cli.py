@@ -30,7 +30,7 @@ COMMANDS = {
     "consolidate": ("sana_lightning.checkpoints:consolidate", "gather a sharded checkpoint into one file"),
     "export": ("sana_lightning.export:export_diffusers", "export a checkpoint as a diffusers model or pipeline"),
     "sweep": ("sana_lightning.sweep:run_sweep", "hyper-parameter sweep of fit runs on Optuna"),
-    "memory": ("sana_lightning.memory:memory_report", "GB per GPU of FSDP training a preset"),
+    "memory": ("sana_lightning.memory:memory_report", "GB per GPU (and host GB per rank) of FSDP training a preset"),
 }
 
 

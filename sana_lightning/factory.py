@@ -6,15 +6,27 @@ Where a module's transformer comes from is decided here and nowhere else:
   one: the `prune` command writes a diffusers directory), EMA or raw by `weights`;
 - `pretrained` + `growth`: those weights grown in depth (SANA 1.5 partial preservation init and the other strategies).
 A setting the chosen source would not use is an error, never ignored.
+
+`resolve_on_meta` builds any of them on the `meta` device from configs alone, with the `LazyWeights` that fill it
+once it is sharded: each rank reads (safetensors slices) or draws (fresh blocks, seeded per block) only its shard.
+`build_sharded` does all three steps without Lightning.
 """
 
+import functools
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
+import torch
 from diffusers import SanaTransformer2DModel
+from torch.distributed.device_mesh import DeviceMesh
 
-from sana_lightning.checkpoints import load_checkpoint_transformer
-from sana_lightning.growth import GrowthConfig, grow
+from sana_lightning.blocks import seeded_model
+from sana_lightning.checkpoints import load_checkpoint_transformer, load_transformer_config
+from sana_lightning.growth import GrowthConfig, block_plan, grow, grown_fills
+from sana_lightning.materialize import Fill, fill, open_source
 from sana_lightning.presets import build_transformer, preset_config
+from sana_lightning.sharding import ShardingConfig, mesh_device, shard_transformer
 
 DEFAULT_PRESET = "small"
 GROWN_KEYS = ("num_layers", "qk_norm", "sample_size")
@@ -70,12 +82,68 @@ def _check_growth_widths(source: SanaTransformer2DModel, spec: TransformerSource
 
 
 def resolve_transformer(
-    spec: TransformerSource, io_channels: dict[str, int], defaults: dict | None = None
+    spec: TransformerSource, io_channels: dict[str, int], defaults: dict | None = None, seed: int = 0
 ) -> tuple[SanaTransformer2DModel, list[int | None] | None]:
     """The transformer `spec` describes and, when grown, the source block each block started from (None: new).
 
     `io_channels` are the widths the text encoder / autoencoder dictate (checked, or set on a preset);
-    `defaults` are preset options the caller derives (e.g. `sample_size` from the image size), below `overrides`."""
+    `defaults` are preset options the caller derives (e.g. `sample_size` from the image size), below `overrides`;
+    `seed` draws growth's fresh blocks (block i from (seed, i) alone)."""
+    model, origins, _ = _resolve(spec, io_channels, defaults, seed, meta=False)
+    return model, origins
+
+
+@dataclass
+class LazyWeights:
+    """How to fill a transformer `resolve_on_meta` built: each tensor's `materialize.Fill`, reading `source`."""
+
+    fills: Callable[[str], Fill]
+    source: str | None = None
+    weights: str = "ema"
+
+    def materialize(self, model: SanaTransformer2DModel, device: torch.device) -> None:
+        """Fill `model` (on meta, FSDP2-sharded or not) on `device`: each rank reads and computes only its shard."""
+        with open_source(self.source, self.weights) if self.source else nullcontext() as read:
+            fill(model, self.fills, read, device)
+
+
+def resolve_on_meta(
+    spec: TransformerSource, io_channels: dict[str, int], defaults: dict | None = None, seed: int = 0
+) -> tuple[SanaTransformer2DModel, list[int | None] | None, LazyWeights]:
+    """`resolve_transformer` on the `meta` device, reading only configs (a checkpoint file's pickled metadata, a
+    diffusers directory's config.json), plus the `LazyWeights` that fill it: after `LazyWeights.materialize` it
+    holds the same values `resolve_transformer(spec, ..., seed)` gives, except that a preset's blocks are drawn per
+    block (block i from (seed, i), the rest from (seed, -1)) instead of from the global random state."""
+    return _resolve(spec, io_channels, defaults, seed, meta=True)
+
+
+def build_sharded(
+    spec: TransformerSource,
+    io_channels: dict[str, int],
+    mesh: DeviceMesh | None,
+    sharding: ShardingConfig,
+    seed: int = 0,
+    defaults: dict | None = None,
+) -> SanaTransformer2DModel:
+    """The transformer `spec` describes, built on meta, FSDP2-sharded over `mesh` (None: not sharded) and filled on
+    the mesh's device, each rank holding only its shard from load on (no Lightning needed)."""
+    model, _, lazy = resolve_on_meta(spec, io_channels, defaults, seed)
+    if mesh is not None:
+        shard_transformer(model, mesh, sharding)
+    lazy.materialize(model, mesh_device(mesh))
+    return model
+
+
+def _source(path: str, weights: str, meta: bool) -> SanaTransformer2DModel:
+    if not meta:
+        return load_checkpoint_transformer(path, weights)
+    with torch.device("meta"):
+        return SanaTransformer2DModel.from_config(load_transformer_config(path))
+
+
+def _resolve(
+    spec: TransformerSource, io_channels: dict[str, int], defaults: dict | None, seed: int, meta: bool
+) -> tuple[SanaTransformer2DModel, list[int | None] | None, LazyWeights]:
     if spec.growth is not None and not spec.pretrained:
         raise ValueError("growth needs pretrained: the checkpoint or diffusers directory to grow")
     if spec.pretrained and spec.growth is None:
@@ -85,21 +153,43 @@ def resolve_transformer(
                 f"pretrained '{spec.pretrained}' fixes the architecture: remove {given} (or drop pretrained to "
                 "train a preset from scratch)"
             )
-        model = load_checkpoint_transformer(spec.pretrained, spec.weights)
+        model = _source(spec.pretrained, spec.weights, meta)
         _check_io(model, io_channels, spec.describe())
-        return model, None
+        return model, None, LazyWeights(str, spec.pretrained, spec.weights)  # each tensor: the source's of its name
     if spec.pretrained:
-        source = load_checkpoint_transformer(spec.pretrained, spec.weights)
+        source = _source(spec.pretrained, spec.weights, meta)
         _check_io(source, io_channels, spec.describe())
         _check_growth_widths(source, spec, io_channels)
-        return grow(source, spec.growth)
+        model, origins = grow(source, spec.growth, seed)
+        plan = block_plan(len(source.transformer_blocks), spec.growth)
+        fills = grown_fills(model, set(source.state_dict()), plan, spec.growth, seed)
+        return model, origins, LazyWeights(fills, spec.pretrained, spec.weights)
     overrides = spec.overrides or {}
     for key, value in overrides.items():
         if key in io_channels and value != io_channels[key]:
             raise ValueError(
                 f"transformer.{key}={value} does not match the encoders ({io_channels[key]}): remove the override"
             )
-    return build_transformer(spec.preset or DEFAULT_PRESET, **{**(defaults or {}), **overrides, **io_channels}), None
+    config = {**(defaults or {}), **overrides, **io_channels}
+    model = build_transformer(spec.preset or DEFAULT_PRESET, device="meta" if meta else None, **config)
+    return model, None, LazyWeights(_preset_fills(model, seed))
+
+
+def _preset_fills(model: SanaTransformer2DModel, seed: int) -> Callable[[str], Fill]:
+    """A preset's tensors drawn per block: block i is block 0 of `seeded_model(config, seed, i, 1)`, the rest is
+    `seeded_model(config, seed, -1, 0)`'s (two parts kept)."""
+
+    @functools.lru_cache(maxsize=2)
+    def part(index: int) -> dict[str, torch.Tensor]:
+        return seeded_model(model.config, seed, index, int(index >= 0)).state_dict()
+
+    def fills(name: str) -> Fill:
+        if not name.startswith("transformer_blocks."):
+            return part(-1)[name]
+        _, index, rest = name.split(".", 2)
+        return part(int(index))[f"transformer_blocks.0.{rest}"]
+
+    return fills
 
 
 def make_judge(

@@ -24,8 +24,10 @@ something else, so growth is not the identity: SANA first fine-tunes the source 
 `grow` logs that difference in one warning line.
 """
 
+import functools
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -34,8 +36,9 @@ import torch
 from diffusers import SanaTransformer2DModel
 
 from sana_lightning.atomic import atomic_directory, tensor_bytes
-from sana_lightning.blocks import official_init, zero_block_outputs
+from sana_lightning.blocks import output_names, seeded_model
 from sana_lightning.checkpoints import load_checkpoint_transformer
+from sana_lightning.materialize import Fill, fill
 
 log = logging.getLogger(__name__)
 
@@ -116,35 +119,68 @@ def max_output_difference(a: SanaTransformer2DModel, b: SanaTransformer2DModel, 
         return (a(**inputs).sample.float() - b(**inputs).sample.float()).abs().max().item()
 
 
+def grown_fills(
+    target: SanaTransformer2DModel,
+    source_names: set[str],
+    plan: list[tuple[int | None, bool]],
+    config: GrowthConfig,
+    seed: int,
+) -> Callable[[str], Fill]:
+    """Where each tensor of the grown `target` comes from (`materialize.Fill`): the source's tensor of the same name
+    outside the blocks and of its origin block inside, 0 for zeroed outputs, 1 for QK-norm weights the source lacks,
+    and for a fresh block i its tensors under `blocks.seeded_model(..., seed, i, 1, official)` (one block kept)."""
+    zeroed_names = set(output_names(target.transformer_blocks[0], config.zero_gate)) if plan else set()
+
+    @functools.lru_cache(maxsize=1)
+    def fresh(index: int) -> dict[str, torch.Tensor]:
+        official = config.init == "official"
+        return seeded_model(target.config, seed, index, 1, official).transformer_blocks[0].state_dict()
+
+    def fills(name: str) -> Fill:
+        if not name.startswith("transformer_blocks."):
+            return name
+        _, index, rest = name.split(".", 2)
+        origin, zeroed = plan[int(index)]
+        if zeroed and rest in zeroed_names:
+            return 0.0
+        if origin is None:
+            return fresh(int(index))[rest]
+        source_name = f"transformer_blocks.{origin}.{rest}"
+        if source_name in source_names:
+            return source_name
+        assert ".norm_" in rest, name  # only the new QK-norm weights are missing: they start at one
+        return 1.0
+
+    return fills
+
+
 def _build(
-    source: SanaTransformer2DModel, plan: list[tuple[int | None, bool]], config: GrowthConfig
+    source: SanaTransformer2DModel, plan: list[tuple[int | None, bool]], config: GrowthConfig, seed: int
 ) -> SanaTransformer2DModel:
+    """The grown model, on the source's device: on `meta` nothing is read (`grown_fills` fills it later)."""
     target_config = {**source.config, "num_layers": len(plan), "qk_norm": config.qk_norm}
     target_config = {k: v for k, v in target_config.items() if not k.startswith("_")}
     parameter = next(source.parameters())
-    with torch.device(parameter.device):
+    with torch.device("meta"):
         target = SanaTransformer2DModel(**target_config)
     if parameter.dtype != torch.float32:
         target = target.to(parameter.dtype)
-    outside = {k: v for k, v in source.state_dict().items() if not k.startswith("transformer_blocks.")}
-    target.load_state_dict(outside, strict=False)
-    for block, (origin, zeroed) in zip(target.transformer_blocks, plan):
-        if origin is not None:
-            # Missing keys are only the new QK-norm weights, which stay at one.
-            missing, unexpected = block.load_state_dict(source.transformer_blocks[origin].state_dict(), strict=False)
-            assert not unexpected and all(".norm_" in k for k in missing), (missing, unexpected)
-        elif config.init == "official":
-            official_init(block)
-        if zeroed:
-            zero_block_outputs(block, gate=config.zero_gate)
+    if not parameter.is_meta:
+        state = source.state_dict()
+        fills = grown_fills(target, set(state), plan, config, seed)
+        fill(target, fills, lambda name, index: state[name][index], parameter.device)
     return target
 
 
-def grow(source: SanaTransformer2DModel, config: GrowthConfig) -> tuple[SanaTransformer2DModel, list[int | None]]:
-    """The grown model and, per target block, the source block it started from (None: a fresh block).
+def grow(
+    source: SanaTransformer2DModel, config: GrowthConfig, seed: int = 0
+) -> tuple[SanaTransformer2DModel, list[int | None]]:
+    """The grown model and, per target block, the source block it started from (None: a fresh block, drawn from
+    (`seed`, its index) alone). A source on the `meta` device gives the grown model on meta, read nowhere.
 
     When the source lacks the target's QK norm, logs one warning line with the measured max abs output difference
-    between the source and its blocks with QK norm added (the grown model itself when it preserves the source).
+    between the source and its blocks with QK norm added (the grown model itself when it preserves the source; on
+    meta it is not measured).
     """
     n = len(source.transformer_blocks)
     if source.config.qk_norm not in (None, config.qk_norm):
@@ -155,20 +191,23 @@ def grow(source: SanaTransformer2DModel, config: GrowthConfig) -> tuple[SanaTran
     if config.init not in Init.__args__:
         raise ValueError(f"unknown growth init '{config.init}': use {', '.join(Init.__args__)}")
     plan = block_plan(n, config)
-    target = _build(source, plan, config)
+    target = _build(source, plan, config, seed)
     if source.config.qk_norm is None and config.qk_norm is not None:
         identity = [(i, False) for i in range(n)]
-        reference = target if preserves_source(plan, n) else _build(source, identity, config)
-        difference = max_output_difference(source, reference)
+        if next(source.parameters()).is_meta:
+            difference = "(not measured on the meta device)"
+        else:
+            reference = target if preserves_source(plan, n) else _build(source, identity, config, seed)
+            difference = f"{max_output_difference(source, reference):.3g}"
         if plan == identity:
             log.warning(
-                f"adding qk_norm={config.qk_norm!r} changes the source's output by {difference:.3g} (max abs, random "
+                f"adding qk_norm={config.qk_norm!r} changes the source's output by {difference} (max abs, random "
                 "probe): fine-tune it with QK norm (stage 1, configs/qknorm_1.6b.yaml) before growing"
             )
         else:
             log.warning(
                 f"the source has no QK norm: with qk_norm={config.qk_norm!r} its blocks' output differs by "
-                f"{difference:.3g} (max abs, random probe), so growth is not identity at init; fine-tune the source "
+                f"{difference} (max abs, random probe), so growth is not identity at init; fine-tune the source "
                 "with QK norm first (configs/qknorm_1.6b.yaml), then grow from that"
             )
     return target, [origin for origin, _ in plan]
@@ -185,6 +224,7 @@ def grow_checkpoint(
     init: Init = "official",
     qk_norm: str | None = "rms_norm_across_heads",
     source_weights: str = "ema",
+    seed: int = 0,
 ) -> Path:
     """Grow a checkpoint (or diffusers directory) without training; write a diffusers directory plus `growth.json`
     (atomically: a finished directory replaces `out_dir`).
@@ -200,9 +240,10 @@ def grow_checkpoint(
         init: Fresh blocks: official (SANA's growth init) or diffusers (its default init).
         qk_norm: QK normalisation of the grown model (SANA 1.5: rms_norm_across_heads).
         source_weights: ema (falls back to the trained weights) or raw.
+        seed: Seeds each fresh block by (seed, block index).
     """
     config = GrowthConfig(target_layers, strategy, drop_last, zero_new, zero_gate, init, qk_norm)
-    grown, origins = grow(load_checkpoint_transformer(source, source_weights), config)
+    grown, origins = grow(load_checkpoint_transformer(source, source_weights), config, seed)
     out = Path(out_dir)
     with atomic_directory(out, tensor_bytes(grown.state_dict())) as staging:
         grown.save_pretrained(staging)

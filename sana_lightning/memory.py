@@ -1,6 +1,8 @@
-"""Training memory on paper: bytes per GPU of a sharded (FSDP) Sana, with activations measured on the meta device."""
+"""Training memory on paper: bytes per GPU of a sharded (FSDP) Sana, with activations measured on the meta device, and
+host bytes per rank of building it (eager vs `sharding.meta_init`)."""
 
 import copy
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -15,6 +17,26 @@ from sana_lightning.presets import build_transformer
 from sana_lightning.sharding import DTYPES
 
 OPTIMIZERS = ("AdamW-32bit", "AdamW-8bit (bnb)", "CAME-32bit", "CAME-8bit")
+GROWN_FROM = {"sana-4.8b": 20}
+"""Depth of the growth source of a preset in the SANA 1.5 recipe (4.8B: sana-1.6b's 20 blocks grown to 60)."""
+
+
+@functools.lru_cache(maxsize=16)
+def parameter_count(preset: str, **overrides) -> int:
+    """Parameters of `preset` (with `overrides`, hashable values), counted on the meta device."""
+    return sum(p.numel() for p in build_transformer(preset, device="meta", **overrides).parameters())
+
+
+def host_memory(preset: str, ranks: int, source_layers: int = 0, **overrides) -> tuple[float, float]:
+    """Host bytes per rank of building `preset` (fp32) over `ranks` ranks before training, on paper: eager (each rank
+    loads the growth source of `source_layers` blocks whole, grows it into the full model, then shards it) and
+    `sharding.meta_init` (each rank holds its 1/`ranks` shard, one block drawn whole, as a 1-block model like
+    `blocks.seeded_model` draws it, and the pages of its slices of the source's safetensors, mapped while read).
+    `source_layers` 0: a preset drawn from scratch, nothing read."""
+    n = parameter_count(preset, **overrides)
+    drawn = parameter_count(preset, **{**overrides, "num_layers": 1})
+    source = parameter_count(preset, **{**overrides, "num_layers": source_layers}) if source_layers else 0
+    return 4.0 * (n + source), 4.0 * (n / ranks + drawn + source / ranks)
 
 
 def optimizer_state_bytes(name: str, shape: tuple[int, ...], min_8bit_size: int = 16384) -> int:
@@ -67,6 +89,10 @@ class MemoryPlan:
     activations: float
     activations_checkpointed: float
     frozen: float
+    host_eager: float = 0.0
+    """Host bytes per rank of building the model whole (and its growth source) before sharding (`host_memory`)."""
+    host_meta: float = 0.0
+    """Host bytes per rank of building it with `sharding.meta_init`: the shard, one block, the source's slices."""
 
     def total(self, checkpointed: bool) -> float:
         activations = self.activations_checkpointed if checkpointed else self.activations
@@ -83,11 +109,13 @@ def memory_plan(
     optimizer: str = "CAME-8bit",
     param_dtype: str = "bfloat16",
     frozen_params: float = 0.0,
+    source_layers: int = 0,
 ) -> MemoryPlan:
     """Per-GPU memory of FSDP2 training: fp32 master weights and grads sharded, optimizer state sharded, two blocks
     gathered in `param_dtype` at a time (the one computing and the one prefetched), block activations without and
     with activation checkpointing (then: every block's input plus one block's activations during recompute), and
-    frozen encoders replicated in bf16."""
+    frozen encoders replicated in bf16; and the host bytes per rank of building it (`host_memory`, grown from
+    `source_layers` blocks)."""
     model = build_transformer(preset, device="meta")
     shapes = [tuple(p.shape) for p in model.parameters()]
     n = sum(math.prod(s) for s in shapes)
@@ -97,6 +125,7 @@ def memory_plan(
     element = torch.empty(0, dtype=DTYPES[param_dtype]).element_size()
     per_block = block_activation_bytes(model, batch_per_gpu, tokens, caption_tokens, param_dtype)
     layers = model.config.num_layers
+    host_eager, host_meta = host_memory(preset, gpus, source_layers)
     return MemoryPlan(
         gpus=gpus,
         weights=4 * n / gpus,
@@ -106,6 +135,8 @@ def memory_plan(
         activations=float(layers * per_block),
         activations_checkpointed=float(layers * batch_per_gpu * tokens * width * element + per_block),
         frozen=2 * frozen_params,
+        host_eager=host_eager,
+        host_meta=host_meta,
     )
 
 
@@ -120,9 +151,12 @@ def memory_report(
     optimizer: Literal[OPTIMIZERS] = "CAME-8bit",
     param_dtype: str = "bfloat16",
     frozen_params: float = 2.6e9,
+    source_layers: int | None = None,
 ) -> list[MemoryPlan]:
     """Print GB per GPU of FSDP training `preset` on each of `gpus` GPUs: weights, grads, optimizer state, gathered
-    blocks, frozen encoders and block activations without / with activation checkpointing; and whether it fits.
+    blocks, frozen encoders and block activations without / with activation checkpointing; and whether it fits. Then
+    the host GB per rank of building the fp32 model: eager (each rank loads the growth source whole and grows the full
+    model) vs `sharding.meta_init` (each rank its shard, one block drawn whole and its slices of the source).
 
     Args:
         preset: The model size (tiny, small, sana-600m, sana-1.6b, sana-4.8b).
@@ -135,13 +169,12 @@ def memory_report(
         optimizer: The optimizer whose state is counted.
         param_dtype: Compute dtype of the gathered blocks and activations.
         frozen_params: Parameters of the frozen encoders, in bf16 (Gemma-2-2B-IT ~2.6e9; 0 with precomputed features).
+        source_layers: Blocks of the growth source (the preset's widths) that building the model reads; None: the
+            SANA 1.5 recipe's (20 for sana-4.8b, grown from sana-1.6b; none for the others); 0: drawn from scratch.
     """
-    plans = [
-        memory_plan(
-            preset, g, batch_per_gpu, image_size, downsample, caption_tokens, optimizer, param_dtype, frozen_params
-        )
-        for g in gpus
-    ]
+    source = GROWN_FROM.get(preset, 0) if source_layers is None else source_layers
+    options = (batch_per_gpu, image_size, downsample, caption_tokens, optimizer, param_dtype, frozen_params, source)
+    plans = [memory_plan(preset, g, *options) for g in gpus]
     fields = ("weights", "grads", "optimizer", "gathered_blocks", "frozen", "activations", "activations_checkpointed")
     print(f"{preset}, {optimizer}, {param_dtype} compute, {batch_per_gpu} x {image_size}px per GPU (GB per GPU)")
     print(f"{'':>26}" + "".join(f"{g:>10} GPUs" for g in gpus))
@@ -152,4 +185,8 @@ def memory_report(
         totals = [p.total(checkpointed) for p in plans]
         cells = "".join(f"{t / 1e9:>10.2f} {'fits' if t <= gpu_memory_gb * 1e9 else 'OOM':>4}" for t in totals)
         print(f"{name:>26}{cells}")
+    grown = f"grown from {source} blocks, " if source else ""
+    print(f"host GB per rank of building the fp32 model ({grown}before training)")
+    for field, name in (("host_eager", "eager (whole model)"), ("host_meta", "meta_init (shard)")):
+        print(f"{name:>26}" + "".join(f"{getattr(p, field) / 1e9:>15.2f}" for p in plans))
     return plans

@@ -13,7 +13,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from sana_lightning.autoencoder import AutoencoderConfig
 from sana_lightning.callbacks.preemption import PreemptionCheckpoint
 from sana_lightning.codecs import FrozenCodecs
-from sana_lightning.factory import TransformerSource, resolve_transformer
+from sana_lightning.factory import TransformerSource, resolve_on_meta, resolve_transformer
 from sana_lightning.flow import (
     FlowConfig,
     add_noise,
@@ -23,10 +23,11 @@ from sana_lightning.flow import (
     velocity,
 )
 from sana_lightning.growth import GrowthConfig
+from sana_lightning.materialize import copy_local_parts
 from sana_lightning.nonfinite import NonFiniteGuard
 from sana_lightning.resume import repair_epoch_end_checkpoint
 from sana_lightning.sampling import SamplerConfig, denoise, initial_noise
-from sana_lightning.sharding import ShardingConfig, is_sharded, shard_transformer
+from sana_lightning.sharding import ShardingConfig, is_sharded, mesh_device, shard_transformer
 from sana_lightning.text_encoder import TextEncoderConfig
 
 
@@ -63,7 +64,8 @@ class SanaFlowModule(FrozenCodecs, NonFiniteGuard, L.LightningModule):
         ema_decay: Decay of the EMA weights (null: none).
         optimizer: The optimizer (AdamW, CAME, CAME-8bit ...), built on the module's parameter groups.
         lr_scheduler: A learning-rate scheduler, stepped every optimizer step.
-        sharding: FSDP2 settings under ModelParallelStrategy / FSDP2Strategy (dtypes, activation checkpointing).
+        sharding: FSDP2 settings under ModelParallelStrategy / FSDP2Strategy (dtypes, activation checkpointing,
+            meta_init: build on the meta device and fill each rank's shard only).
         seed: Seeds the training noise, keyed by (rank, epoch, batch), so a resumed run draws the same noise.
     """
 
@@ -99,7 +101,12 @@ class SanaFlowModule(FrozenCodecs, NonFiniteGuard, L.LightningModule):
         growth = _config(GrowthConfig, growth) if growth is not None else None
         source = TransformerSource(preset, transformer, pretrained, pretrained_weights, growth)
         latent_default = {"sample_size": image_size // self.autoencoder.downsample_factor}
-        self.transformer, self.block_origins = resolve_transformer(source, self.io_channels(), latent_default)
+        io = self.io_channels()
+        self.lazy_weights = None  # with meta_init: what fills the meta-built transformer in configure_model
+        if self.sharding.meta_init:
+            self.transformer, self.block_origins, self.lazy_weights = resolve_on_meta(source, io, latent_default, seed)
+        else:
+            self.transformer, self.block_origins = resolve_transformer(source, io, latent_default, seed)
         self.latent_size = self._latent_size(image_size)
         self.ema = (
             AveragedModel(self.transformer, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
@@ -190,15 +197,20 @@ class SanaFlowModule(FrozenCodecs, NonFiniteGuard, L.LightningModule):
         return {"loss": self.transformer} | ({"loss_ema": self.ema.module} if self.ema is not None else {})
 
     def configure_model(self) -> None:
-        """Under `ModelParallelStrategy` (which sets `device_mesh`): FSDP2-shard the backbone and its EMA."""
-        if self.device_mesh is None or is_sharded(self.transformer):
-            return
-        if self.device_mesh["tensor_parallel"].size() > 1:
-            raise ValueError("Sana is sharded with FSDP only: use sana_lightning.sharding.FSDP2Strategy as strategy")
-        mesh = self.device_mesh["data_parallel"]
-        shard_transformer(self.transformer, mesh, self.sharding)
-        if self.ema is not None:
-            shard_transformer(self.ema.module, mesh, replace(self.sharding, activation_checkpointing=False))
+        """Under `ModelParallelStrategy` (which sets `device_mesh`): FSDP2-shard the backbone and its EMA. Then, when
+        they were built on the meta device (`sharding.meta_init`), fill each rank's shard of the backbone and copy
+        it into the EMA's (sharded alike)."""
+        mesh = None if self.device_mesh is None else self.device_mesh["data_parallel"]
+        if mesh is not None and not is_sharded(self.transformer):
+            if self.device_mesh["tensor_parallel"].size() > 1:
+                raise ValueError("Sana is sharded with FSDP only: use sana_lightning.sharding.FSDP2Strategy")
+            shard_transformer(self.transformer, mesh, self.sharding)
+            if self.ema is not None:
+                shard_transformer(self.ema.module, mesh, replace(self.sharding, activation_checkpointing=False))
+        if self.lazy_weights is not None and next(self.transformer.parameters()).is_meta:
+            self.lazy_weights.materialize(self.transformer, mesh_device(mesh))
+            if self.ema is not None:
+                copy_local_parts(self.ema.module, self.transformer, mesh_device(mesh))
 
     def parameter_groups(self) -> list[dict]:
         """Optimizer parameter groups; a group's `lr_scale` multiplies the configured learning rate."""

@@ -78,12 +78,17 @@ def build_transformer(
         return SanaTransformer2DModel(**config)
 
 
-def load_transformer(path: str) -> SanaTransformer2DModel:
-    """A `SanaTransformer2DModel` from a local diffusers directory: the model itself or a pipeline's `transformer/`."""
+def transformer_folder(path: str) -> str:
+    """The directory holding a `SanaTransformer2DModel`: a local diffusers model directory itself, or a pipeline's
+    `transformer/`."""
     local_model_dir(
         path,
         "transformer path",
         "give a local diffusers SanaTransformer2DModel directory (or a Sana pipeline directory holding transformer/)",
     )
-    subfolder = "transformer" if Path(path, "transformer", "config.json").exists() else None
-    return SanaTransformer2DModel.from_pretrained(path, subfolder=subfolder)
+    return str(Path(path, "transformer")) if Path(path, "transformer", "config.json").exists() else str(path)
+
+
+def load_transformer(path: str) -> SanaTransformer2DModel:
+    """A `SanaTransformer2DModel` from a local diffusers directory: the model itself or a pipeline's `transformer/`."""
+    return SanaTransformer2DModel.from_pretrained(transformer_folder(path))

@@ -40,6 +40,10 @@ class ShardingConfig:
     """Dtype gradients are reduce-scattered in."""
     reshard_after_forward: bool = True
     """Free each block's gathered weights after its forward (ZeRO-3); False keeps them until backward (ZeRO-2)."""
+    meta_init: bool = False
+    """Build the backbone (and its EMA) on the meta device and fill each rank's shard after sharding: safetensors
+    sources are read slice by slice, fresh blocks drawn per block, so no rank ever holds the whole model (the same
+    values as building it whole; a preset's blocks are drawn per block). Also used by a single process."""
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -62,6 +66,13 @@ def shard_transformer(transformer: torch.nn.Module, mesh: DeviceMesh, config: Sh
     for block in transformer.transformer_blocks:
         fully_shard(block, **options)
     fully_shard(transformer, **options)
+
+
+def mesh_device(mesh: DeviceMesh | None) -> torch.device:
+    """The device a rank of `mesh` holds its shards on (the CPU without a mesh)."""
+    if mesh is None or mesh.device_type == "cpu":
+        return torch.device("cpu")
+    return torch.device(mesh.device_type, torch.get_device_module(mesh.device_type).current_device())
 
 
 class FSDP2Strategy(ModelParallelStrategy):

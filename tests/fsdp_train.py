@@ -28,8 +28,7 @@ class GlobalBatchGrowth(GrowthModule):
         self.losses = []
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        inputs = self.flow_inputs(batch, self.noise_generator(batch_idx))
-        mine = {k: v[self.global_rank :: self.trainer.world_size] for k, v in inputs.items()}
+        mine = rank_share(self, self.flow_inputs(batch, self.noise_generator(batch_idx)))
         prediction = self.prediction(self.transformer, mine)
         loss = flow_loss(prediction, mine["x0"], mine["noise"])
         self.losses.append(self.all_gather(loss.detach()).mean().item())
@@ -43,16 +42,47 @@ class GlobalBatchGrowth(GrowthModule):
             Path(self.out_dir, "result.json").write_text(json.dumps({"losses": self.losses}))
 
 
-def main() -> None:
+def rank_share(module: L.LightningModule, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rank r's samples r::N of the global batch's step inputs."""
+    return {k: v[module.global_rank :: module.trainer.world_size] for k, v in inputs.items()}
+
+
+def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     parser.add_argument("source")
     parser.add_argument("shards")
     parser.add_argument("out_dir")
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--steps", type=int, default=4)
-    args = parser.parse_args()
-    stream = ShardStream(expand_shards(args.shards), StreamConfig(8, 32, args.steps, shuffle_buffer=1))
-    batches = list(stream)  # before any process group: the same global batches on every rank
+    return parser
+
+
+def global_batches(shards: str, steps: int) -> list[dict]:
+    """`steps` batches of 8, read before any process group: the same global batches on every rank."""
+    return list(ShardStream(expand_shards(shards), StreamConfig(8, 32, steps, shuffle_buffer=1)))
+
+
+def fit(module: L.LightningModule, batches: list[dict], devices: int, **options) -> L.Trainer:
+    """Train on `batches` in order, on 1 process or FSDP2-sharded over `devices` CPU processes."""
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy=FSDP2Strategy() if devices > 1 else "auto",
+        max_steps=len(batches),
+        use_distributed_sampler=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **options,
+    )
+    trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=None))
+    return trainer
+
+
+def main() -> None:
+    args = arguments().parse_args()
+    batches = global_batches(args.shards, args.steps)
     L.seed_everything(0)
     module = GlobalBatchGrowth(
         pretrained=args.source,
@@ -64,19 +94,8 @@ def main() -> None:
         log_block_norms_every_n_steps=0,
     )
     module.out_dir = args.out_dir
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=args.devices,
-        strategy=FSDP2Strategy() if args.devices > 1 else "auto",
-        max_steps=args.steps,
-        gradient_clip_val=0.05,  # small enough to clip every step: the norm must be the full gradient's
-        use_distributed_sampler=False,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=None))
+    # gradient_clip_val small enough to clip every step: the norm must be the full gradient's
+    trainer = fit(module, batches, args.devices, gradient_clip_val=0.05)
     trainer.save_checkpoint(Path(args.out_dir, "final.ckpt"))
 
 

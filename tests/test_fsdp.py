@@ -2,6 +2,7 @@
 its sharded checkpoint consolidates to the same weights, and a sharded CLI run resumes from its checkpoint folder."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,9 @@ ROOT = Path(__file__).parents[1]
 
 
 def _run(*args: str, cwd: Path = ROOT) -> None:
-    done = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    """`python *args` importing this checkout's sana_lightning (not another one an editable install points to)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
 

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from sana_lightning.cli import main
-from sana_lightning.memory import block_activation_bytes, memory_plan, optimizer_state_bytes
+from sana_lightning.memory import (
+    block_activation_bytes,
+    host_memory,
+    memory_plan,
+    memory_report,
+    optimizer_state_bytes,
+)
 from sana_lightning.optim import CAME, CAME8bit
 from sana_lightning.presets import build_transformer
 
@@ -46,3 +52,22 @@ def test_memory_command_prints_a_table_per_gpu_count(capsys):
     main(["memory", "--preset", "sana-1.6b", "--gpus", "[8, 32]", "--frozen_params", "0"])
     out = capsys.readouterr().out
     assert "8 GPUs" in out and "32 GPUs" in out and "fits" in out
+    assert "host GB per rank" in out and "grown from" not in out  # sana-1.6b: drawn from scratch by default
+
+
+def test_host_memory_per_rank_eager_holds_model_and_source_meta_a_shard_one_block_and_source_slices(capsys):
+    def count(**overrides) -> int:
+        return sum(p.numel() for p in build_transformer("sana-4.8b", device="meta", **overrides).parameters())
+
+    n, source = count(), count(num_layers=20)
+    block = sum(p.numel() for p in build_transformer("sana-4.8b", device="meta").transformer_blocks[0].parameters())
+    drawn = n - 59 * block  # a 1-block model: one block and everything outside the blocks
+    eager, meta = 4 * (n + source), 4 * (n / 8 + drawn + source / 8)
+    assert host_memory("sana-4.8b", 8, 20) == (eager, meta)
+    assert host_memory("sana-4.8b", 8) == (4 * n, 4 * (n / 8 + drawn))  # a preset from scratch reads no source
+    assert 4.7e9 < n < 4.8e9 and 1.5e9 < source < 1.7e9
+    plans = memory_report("sana-4.8b", [8, 16], frozen_params=0)
+    assert (plans[0].host_eager, plans[0].host_meta) == (eager, meta)  # SANA 1.5's source: sana-1.6b's 20 blocks
+    assert plans[1].host_meta == 4 * (n / 16 + drawn + source / 16)
+    out = capsys.readouterr().out
+    assert "grown from 20 blocks" in out and f"{eager / 1e9:.2f}" in out and f"{meta / 1e9:.2f}" in out
