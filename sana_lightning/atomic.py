@@ -7,10 +7,10 @@ a full disk is an `OSError(ENOSPC)` naming the path, the bytes needed and the by
 import errno
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from fsspec.utils import get_protocol
@@ -80,23 +80,32 @@ def fsync_tree(path: str | Path) -> None:
         fsync_path(root)
 
 
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """`torch.save(obj, path)` through a temporary file beside `path`: fsynced, then renamed onto `path`."""
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any], needed: int = 0, durable: bool = True) -> None:
+    """`write(file)` into a temporary file beside `path`, then renamed onto `path`: readers see the old or the new
+    file, never part of one. `durable` fsyncs the file and its directory (checkpoints); a full disk is an error
+    naming `path` and the bytes `needed`."""
     path = Path(path)
     staging = temporary_path(path)
     try:
         with open(staging, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
+            write(file)
+            if durable:
+                file.flush()
+                os.fsync(file.fileno())
         os.replace(staging, path)
     except BaseException as error:
         written = staging.stat().st_size if staging.exists() else 0
         staging.unlink(missing_ok=True)
         if is_no_space(error):
-            raise no_space_error(path, max(tensor_bytes(obj), written)) from error
+            raise no_space_error(path, max(needed, written)) from error
         raise
-    fsync_path(path.parent)
+    if durable:
+        fsync_path(path.parent)
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """`torch.save(obj, path)` through a temporary file beside `path`: fsynced, then renamed onto `path`."""
+    write_atomic(path, lambda file: torch.save(obj, file), needed=tensor_bytes(obj))
 
 
 def directory_bytes(path: str | Path) -> int:

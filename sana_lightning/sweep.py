@@ -19,7 +19,7 @@ import sqlalchemy.exc
 from optuna.study import MaxTrialsCallback
 from optuna_integration import PyTorchLightningPruningCallback
 
-from sana_lightning.atomic import temporary_path
+from sana_lightning.atomic import write_atomic
 from sana_lightning.lightning_cli import SanaCLI
 from sana_lightning.tables import markdown_table
 
@@ -42,13 +42,6 @@ def _suggest(trial: optuna.Trial, key: str, space: list | dict):
     if all(isinstance(space[bound], int) for bound in ("low", "high")):
         return trial.suggest_int(key, **space)
     return trial.suggest_float(key, **space)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Readers of `path` (and other workers writing it) see the old or the new text, never part of one."""
-    staging = temporary_path(path)
-    staging.write_text(text)
-    os.replace(staging, path)
 
 
 def _create_study(**kwargs) -> optuna.Study:
@@ -166,7 +159,7 @@ def run_sweep(
     if len(study.get_trials(deepcopy=False)) < n_trials:
         study.optimize(objective, catch=(Exception,), callbacks=[MaxTrialsCallback(n_trials, states=None)])
     rows = [_row(trial, metric) for trial in study.get_trials(deepcopy=False)]
-    _write_text_atomic(out / "summary.json", json.dumps(rows, indent=2))
-    _write_text_atomic(out / "summary.md", markdown_table(rows) + "\n")
+    write_atomic(out / "summary.json", lambda file: file.write(json.dumps(rows, indent=2).encode()), durable=False)
+    write_atomic(out / "summary.md", lambda file: file.write((markdown_table(rows) + "\n").encode()), durable=False)
     print(markdown_table(rows))
     return rows

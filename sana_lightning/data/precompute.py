@@ -12,6 +12,7 @@ import torch
 import webdataset as wds
 from tqdm.auto import tqdm
 
+from sana_lightning.atomic import write_atomic
 from sana_lightning.autoencoder import load_autoencoder
 from sana_lightning.data.buckets import resolve_buckets
 from sana_lightning.data.shards import decode_sample, encode_npy, expand_shards
@@ -27,12 +28,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: file.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_json(path: Path, record: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
 
 
 def _read_shard(url: str, image_size: int, buckets) -> tuple[list[tuple[str, dict, dict]], int]:
@@ -152,6 +147,6 @@ def precompute(
                 writer.write(sample | features.get(key, {}))
         os.replace(tmp, target)
         manifest["shards"][name] = {"samples": len(samples), "skipped": skipped, "sha256": _sha256(target)}
-        _write_json(manifest_path, manifest)
+        write_atomic(manifest_path, lambda file: file.write(json.dumps(manifest, indent=2).encode()), durable=False)
         progress.set_postfix(samples=sum(e["samples"] for e in manifest["shards"].values()))
     return out

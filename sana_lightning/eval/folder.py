@@ -2,7 +2,6 @@
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
+from sana_lightning.atomic import write_atomic
 from sana_lightning.eval.geneval import Detector, ImageResult, check_vocabulary, parse_record, score_images
 
 log = logging.getLogger(__name__)
@@ -58,15 +58,8 @@ def write_image(request: ImageRequest, image: Image.Image) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = path.parent.parent / "metadata.jsonl"
     if not metadata.exists():
-        _write_replacing(metadata, lambda file: file.write((json.dumps(request.record) + "\n").encode()))
-    _write_replacing(path, lambda file: image.save(file, format="PNG"))
-
-
-def _write_replacing(path: Path, write: Callable) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "wb") as file:
-        write(file)
-    os.replace(temporary, path)
+        write_atomic(metadata, lambda file: file.write((json.dumps(request.record) + "\n").encode()), durable=False)
+    write_atomic(path, lambda file: image.save(file, format="PNG"), durable=False)
 
 
 def write_folder(
