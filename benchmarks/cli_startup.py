@@ -11,18 +11,14 @@ the medians (this tree / baseline: below 1 is faster). A command that fails is r
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-from benchmarks.common import report
+from benchmarks.common import ROOT, checkout, report
 
-ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ([], ["grow"], ["fit"])
 
 
@@ -57,19 +53,6 @@ def seconds(tree: Path, command: list[str]) -> float:
         lines = (out.stderr or out.stdout).strip().splitlines() or [f"exit status {out.returncode}"]
         raise RuntimeError(lines[-1])
     return elapsed
-
-
-@contextmanager
-def checkout(ref: str):
-    """`ref` checked out (detached) in a temporary git worktree, removed on exit."""
-    folder = Path(tempfile.mkdtemp(prefix="cli_startup_"))
-    tree = folder / "baseline"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), ref], check=True)
-    try:
-        yield tree
-    finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def compare(trees: dict[str, Path], command: list[str], runs: int) -> dict:

@@ -2,8 +2,12 @@
 table printed and written (JSON + markdown) under benchmarks/results/."""
 
 import json
+import shutil
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from unittest.mock import patch
@@ -16,8 +20,9 @@ if TYPE_CHECKING:
 
     from sana_lightning.module import SanaFlowModule
 
-RESULTS = Path(__file__).parent / "results"
-CONFIGS = Path(__file__).parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+CONFIGS = ROOT / "configs"
 
 QUIET_TRAINER = {
     "trainer.accelerator": "cpu",
@@ -57,6 +62,20 @@ def from_config(
     return cli.model, cli.datamodule, cli.trainer
 
 
+def bare_step(module: "SanaFlowModule", optimizer, batch: dict, step: int, bf16: bool = False) -> None:
+    """One training step of the config's module without Lightning: loss (under bf16 autocast if asked), backward,
+    gradient clipping at 1.0, optimizer step, EMA update."""
+    import torch
+
+    with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        loss = module.flow_step(batch, module.noise_generator(0, 0, step))
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.transformer.parameters(), 1.0)
+    optimizer.step()
+    module.ema.update_parameters(module.transformer)
+
+
 def tensorboard(save_dir: str, name: str, **init_args) -> dict:
     """A TensorBoard logger as a `trainer.logger` setting of `from_config`."""
     init_args = {"save_dir": save_dir, "name": name, "default_hp_metric": False, **init_args}
@@ -80,3 +99,17 @@ def report(name: str, rows: list[dict], **extra) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"command": command, "rows": rows, **extra}, indent=2))
     return path
+
+
+@contextmanager
+def checkout(ref: str):
+    """`ref` checked out (detached) in a temporary git worktree, removed on exit: the baseline a benchmark compares
+    this tree with."""
+    folder = Path(tempfile.mkdtemp(prefix="baseline_"))
+    tree = folder / "baseline"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), ref], check=True)
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -16,7 +16,7 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.common import from_config, report, tensorboard
+from benchmarks.common import bare_step, from_config, report, tensorboard
 from sana_lightning.data.datamodule import ShardDataModule
 from sana_lightning.data.shapes import write_shapes_dataset
 from sana_lightning.module import SanaFlowModule
@@ -35,12 +35,7 @@ def bare_seconds(batches: list[dict]) -> float:
     optimizer = module.configure_optimizers()
     start = time.perf_counter()
     for step, batch in enumerate(batches):
-        loss = module.flow_step(batch, module.noise_generator(0, 0, step))
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.transformer.parameters(), 1.0)
-        optimizer.step()
-        module.ema.update_parameters(module.transformer)
+        bare_step(module, optimizer, batch, step)
     return time.perf_counter() - start
 
 

@@ -12,7 +12,8 @@ from diffusers import SanaTransformer2DModel
 from torch.autograd.graph import saved_tensors_hooks
 
 from sana_lightning.optim.blockwise import block_size
-from sana_lightning.optim.came import QUANT_BLOCKSIZE, _matrix_shape
+from sana_lightning.optim.came import QUANT_BLOCKSIZE
+from sana_lightning.optim.layout import matrix_shape
 from sana_lightning.presets import build_transformer
 from sana_lightning.sharding import DTYPES
 
@@ -46,7 +47,7 @@ def optimizer_state_bytes(name: str, shape: tuple[int, ...], min_8bit_size: int 
         return 8 * n
     if name == "AdamW-8bit (bnb)":  # fp32 under 4096 elements; else 2 uint8 states, fp32 absmax per 256, 2 maps
         return 8 * n if n < 4096 else 2 * n + 8 * -(-n // 256) + 2 * 256 * 4
-    dims = _matrix_shape(torch.Size(shape))
+    dims = matrix_shape(torch.Size(shape))
     factored = len(dims) >= 2
     second = 8 * (n // dims[-1] + n // dims[-2]) if factored else 4 * n  # fp32 row + col, of g^2 and residual
     if name == "CAME-8bit" and factored and n >= min_8bit_size:  # uint8 codes, fp32 absmax per row block

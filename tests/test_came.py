@@ -4,7 +4,7 @@ from came_pytorch import CAME as ReferenceCAME
 from torch import nn
 
 from sana_lightning.optim import CAME, CAME8bit
-from sana_lightning.optim.blockwise import dequantize, dequantize_minmax, dynamic_map, quantize, quantize_minmax
+from sana_lightning.optim.blockwise import dequantize, dequantize_minmax, dynamic_codebook, quantize, quantize_minmax
 
 
 def regression_model(seed=0) -> nn.Module:
@@ -77,28 +77,83 @@ def test_came_8bit_stays_close_to_came_and_reaches_the_same_loss():
     assert abs(final_quantized - final_full) <= 0.02 * final_full
 
 
+@pytest.mark.parametrize("cls", [CAME, CAME8bit])
+def test_stacked_chunks_give_the_steps_of_tensors_updated_one_by_one(cls, monkeypatch):
+    import sana_lightning.optim.came as came
+
+    def blocks():
+        torch.manual_seed(0)  # four layers of one shape (one chunk of weights, one of biases) and a lone one
+        return nn.Sequential(*[nn.Linear(128, 128) for _ in range(4)], nn.Linear(128, 8))
+
+    def run(stack_numel):
+        monkeypatch.setattr(came, "STACK_NUMEL", stack_numel)
+        model = blocks()
+        optimizer = cls(
+            model.parameters(), lr=1e-3, weight_decay=0.01, **({"min_8bit_size": 4096} if cls is CAME8bit else {})
+        )
+        for step in range(5):
+            x = torch.randn(16, 128, generator=torch.Generator().manual_seed(step))
+            model(x).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        return model, optimizer
+
+    stacked, optimizer = run(came.STACK_NUMEL)
+    alone, _ = run(1)
+    for a, b in zip(stacked.parameters(), alone.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    moment = "exp_avg_q" if cls is CAME8bit else "exp_avg"
+    states = [optimizer.state[stacked[i].weight] for i in range(4)]
+    assert all(s[moment]._base is states[0][moment]._base is not None for s in states)  # rows of one tensor
+
+
 def test_quantisation_error_of_the_first_moment_is_bounded():
-    model = regression_model()
+    model, exact_model = regression_model(), regression_model()
     optimizer = CAME8bit(model.parameters(), lr=2e-3, min_8bit_size=4096)
-    train(model, optimizer, 5)
+    exact = CAME(exact_model.parameters(), lr=2e-3)
+    train(model, optimizer, 1)
+    train(exact_model, exact, 1)  # one step from zero: the same gradient, so the same first moment before storage
     state = optimizer.state[model[0].weight]
-    exact = optimizer._read_exp_avg(state, model[0].weight.grad).clone()
-    optimizer._write_exp_avg(state, exact)
-    roundtrip = optimizer._read_exp_avg(state, model[0].weight.grad)
+    stored = dequantize(state["exp_avg_q"], state["exp_avg_absmax"], dynamic_codebook())
+    reference = exact.state[exact_model[0].weight]["exp_avg"]
     # Dynamic 8-bit map: error of at most a few percent of each block's absmax (256x64: one block per row).
     assert state["exp_avg_absmax"].shape == (256, 1)
-    assert ((roundtrip - exact).abs() <= 0.02 * exact.abs().amax(dim=1, keepdim=True)).all()
+    torch.testing.assert_close(state["exp_avg_absmax"][:, 0], reference.abs().amax(dim=1))
+    assert ((stored - reference).abs() <= 0.02 * reference.abs().amax(dim=1, keepdim=True)).all()
+    assert (stored != reference).any()  # it is 8-bit
+
+
+def test_codes_are_the_nearest_values_of_bitsandbytes_dynamic_map_but_within_a_lookup_bin_of_a_midpoint():
+    import bitsandbytes.functional as bnb
+
+    codebook = dynamic_codebook()
+    torch.manual_seed(0)
+    x = torch.distributions.StudentT(3.0).sample((64, 4096))
+    codes, absmax = quantize(x, codebook)
+    normed = (x.view(64, 2, 2048) / absmax.unsqueeze(-1)).view(64, 4096, 1)
+    distance = (normed - codebook.values).abs()
+    excess = distance.gather(-1, codes.long().unsqueeze(-1)) - distance.amin(dim=-1, keepdim=True)
+    assert (excess == 0).float().mean() > 0.998  # measured 0.9987
+    assert (excess <= 2**-11 * normed.abs()).all()  # a lookup bin: 11 mantissa bits
+    # bitsandbytes' CPU kernel (a binary search) gives the same codes but for ~0.5% of values, near midpoints.
+    reference, reference_state = bnb.quantize_blockwise(x, code=codebook.values, blocksize=2048)
+    assert torch.equal(absmax.flatten(), reference_state.absmax)
+    differ = codes != reference
+    assert differ.float().mean() < 0.01
+    ours, theirs = dequantize(codes, absmax, codebook), bnb.dequantize_blockwise(reference, reference_state)
+    assert torch.equal(ours[~differ], theirs[~differ])
+    assert (ours - x).abs()[differ].mean() < (theirs - x).abs()[differ].mean()  # measured 0.0148 vs 0.0150
 
 
 def test_row_blocks_are_bitsandbytes_blocks_that_never_cross_a_row():
     import bitsandbytes.functional as bnb
 
-    code = dynamic_map()
+    code = dynamic_codebook()
     x = torch.randn(6, 4096, generator=torch.Generator().manual_seed(0))  # rows of 2 whole blocks: the same blocks
     codes, absmax = quantize(x, code)
-    reference, reference_state = bnb.quantize_blockwise(x, code=code, blocksize=2048)
-    assert torch.equal(codes, reference) and torch.equal(absmax.flatten(), reference_state.absmax)
-    torch.testing.assert_close(dequantize(codes, absmax, code), bnb.dequantize_blockwise(reference, reference_state))
+    reference, reference_state = bnb.quantize_blockwise(x, code=code.values, blocksize=2048)
+    assert torch.equal(absmax.flatten(), reference_state.absmax)
+    assert (codes != reference).float().mean() < 0.01  # one level apart on a few: see the test above
     sana = torch.randn(5, 2240)  # Sana's width: 35 blocks of 64 per row (the largest size that divides it)
     codes, absmax = quantize(sana, code)
     assert codes.shape == (5, 2240) and absmax.shape == (5, 35)
@@ -141,7 +196,7 @@ def test_minmax_is_sanas_uniform_quantiser_and_less_accurate_than_the_dynamic_ma
     assert torch.equal(low[:, 0], x.amin(dim=1)) and torch.equal(high[:, 0], x.amax(dim=1))
     minmax = dequantize_minmax(codes, low, high)
     assert ((minmax - x).abs() <= (high - low) / 510 * 1.001).all()  # half a uniform level
-    code = dynamic_map()
+    code = dynamic_codebook()
     dynamic = dequantize(*quantize(x, code), code)
     rms = lambda t: t.square().mean().sqrt().item()  # noqa: E731
     errors = {"dynamic": rms(dynamic - x) / rms(x), "minmax": rms(minmax - x) / rms(x)}

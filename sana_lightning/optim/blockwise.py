@@ -12,18 +12,40 @@ blocks straddle rows and shard boundaries.) The padding is transient: only the t
 and max (their `CAME8BitWrapper` quantises 2,048-value chunks the same way).
 """
 
+import functools
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
+BLOCK_SIZES = (4096, 2048, 1024, 512, 256, 128, 64)  # bitsandbytes' blockwise sizes
 
-def dynamic_map(device: torch.device | str = "cpu") -> torch.Tensor:
-    """bitsandbytes' signed dynamic quantisation map: 256 sorted values in [-1, 1]."""
+
+LOOKUP_BITS = 20
+"""Top bits of a float32 (sign, exponent, 11 mantissa bits) that index the quantisation lookup table."""
+
+
+class Codebook(NamedTuple):
+    """A sorted 8-bit code and its lookup table: `lookup[b]` is the code of the value nearest to the middle of the
+    floats whose top `LOOKUP_BITS` bits are `b` (sign flipped, so that the index is non-negative). A bin spans
+    2^-11 of its values' magnitude, so a value is given the nearest code unless it lies within that of a midpoint
+    between two codes, where it may get the other one: an error well below the codes' spacing (1.4% or more)."""
+
+    values: torch.Tensor
+    lookup: torch.Tensor
+
+
+@functools.cache
+def dynamic_codebook(device: torch.device | str = "cpu") -> Codebook:
+    """bitsandbytes' signed dynamic quantisation map (256 sorted values in [-1, 1]) and its lookup table."""
     import bitsandbytes.functional as bnb
 
-    return bnb.create_dynamic_map(signed=True).to(device)
-
-
-BLOCK_SIZES = (4096, 2048, 1024, 512, 256, 128, 64)  # bitsandbytes' blockwise sizes
+    values = bnb.create_dynamic_map(signed=True)
+    shift = 32 - LOOKUP_BITS
+    bins = (torch.arange(1 << LOOKUP_BITS, dtype=torch.int64) - (1 << (LOOKUP_BITS - 1))) << shift
+    middles = (bins | (1 << (shift - 1))).int().view(torch.float32).nan_to_num(0.0).clamp(-1, 1)
+    lookup = torch.bucketize(middles, (values[1:] + values[:-1]) / 2).to(torch.uint8)
+    return Codebook(values.to(device), lookup.to(device))
 
 
 def block_size(columns: int, max_block: int = 2048) -> int:
@@ -37,25 +59,62 @@ def _padded(tensor: torch.Tensor, block: int) -> torch.Tensor:
     return (F.pad(tensor, (0, pad)) if pad else tensor).contiguous()
 
 
-def quantize(tensor: torch.Tensor, code: torch.Tensor, max_block: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize(tensor: torch.Tensor, codebook: Codebook, max_block: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 codes (shape of `tensor`) and fp32 absmax per row block (`[*rows, blocks]`)."""
-    import bitsandbytes.functional as bnb
-
-    block = block_size(tensor.shape[-1], max_block)
-    padded = _padded(tensor.float(), block)
-    codes, state = bnb.quantize_blockwise(padded, code=code, blocksize=block)
-    absmax = state.absmax.view(*tensor.shape[:-1], padded.shape[-1] // block)
-    return codes[..., : tensor.shape[-1]].contiguous(), absmax
+    blocks = -(-tensor.shape[-1] // block_size(tensor.shape[-1], max_block))
+    codes = torch.empty(tensor.shape, dtype=torch.uint8, device=tensor.device)
+    absmax = torch.empty((*tensor.shape[:-1], blocks), device=tensor.device)
+    quantize_into(tensor.to(torch.float32, copy=True), codebook, codes, absmax, max_block)
+    return codes, absmax
 
 
-def dequantize(codes: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, max_block: int = 2048) -> torch.Tensor:
-    """fp32 values of `quantize`'s output."""
-    import bitsandbytes.functional as bnb
+def quantize_into(
+    values: torch.Tensor, codebook: Codebook, codes: torch.Tensor, absmax: torch.Tensor, max_block: int = 2048
+) -> None:
+    """`quantize` written into `codes` and `absmax`, using the fp32 `values` as work memory (they are overwritten).
 
+    bitsandbytes' kernel on CUDA; batched torch ops elsewhere: a lookup by the top bits of each value scaled by its
+    block's absmax (`Codebook`; bitsandbytes' CPU binary search gives another code to ~0.5% of values, where it is
+    the farther one, `tests/test_came.py`)."""
+    block = block_size(values.shape[-1], max_block)
+    padded = _padded(values, block)
+    if padded.is_cuda:
+        import bitsandbytes.functional as bnb
+
+        quantized, state = bnb.quantize_blockwise(padded, code=codebook.values, blocksize=block)
+        codes.copy_(quantized[..., : values.shape[-1]])
+        absmax.copy_(state.absmax.view(absmax.shape))
+        return
+    blocks = padded.view(*padded.shape[:-1], -1, block)
+    torch.maximum(blocks.amax(dim=-1), blocks.amin(dim=-1).neg_(), out=absmax)  # two fast passes (abs() allocates)
+    blocks.mul_(absmax.clamp(min=torch.finfo(torch.float32).tiny).reciprocal().unsqueeze(-1))
+    bins = blocks.view(torch.int32).bitwise_right_shift_(32 - LOOKUP_BITS).add_(1 << (LOOKUP_BITS - 1))
+    if padded is values and codes.is_contiguous():
+        torch.index_select(codebook.lookup, 0, bins.view(-1), out=codes.view(-1))
+    else:
+        codes.copy_(torch.index_select(codebook.lookup, 0, bins.view(-1)).view(padded.shape)[..., : values.shape[-1]])
+
+
+def dequantize(
+    codes: torch.Tensor,
+    absmax: torch.Tensor,
+    codebook: Codebook,
+    max_block: int = 2048,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """fp32 values of `quantize`'s output (written into `out` when given)."""
     block = block_size(codes.shape[-1], max_block)
     padded = _padded(codes, block)
-    values = bnb.dequantize_blockwise(padded, absmax=absmax.flatten(), code=code, blocksize=block)
-    return values[..., : codes.shape[-1]]
+    if padded.is_cuda:
+        import bitsandbytes.functional as bnb
+
+        values = bnb.dequantize_blockwise(padded, absmax=absmax.flatten(), code=codebook.values, blocksize=block)
+    else:
+        target = out if out is not None and padded is codes else torch.empty(padded.shape, device=codes.device)
+        values = torch.index_select(codebook.values, 0, padded.flatten().int(), out=target.view(-1)).view(padded.shape)
+        values.view(*absmax.shape, block).mul_(absmax.unsqueeze(-1))
+    values = values[..., : codes.shape[-1]]
+    return values if out is None or values.data_ptr() == out.data_ptr() else out.copy_(values)
 
 
 def _blocks(tensor: torch.Tensor, block: int) -> torch.Tensor:

@@ -1,56 +1,50 @@
-"""CAME and CAME-8bit (Luo et al., 2023; SANA 1.5 section 2.1).
+"""CAME and CAME-8bit (Luo et al., 2023; SANA 1.5 section 2.1), multi-tensor.
 
 CAME keeps Adafactor's factored second moment (row and column statistics of g^2) and adds a confidence term: the
 update is scaled by the factored inverse root of the instability (update - first moment)^2. Update clipping by RMS,
-decoupled weight decay. `CAME` matches the reference `came-pytorch` step for step, except that trailing singleton
-dimensions are squeezed before factoring, so a 1x1 convolution [out, in, 1, 1] is factored as the matrix it is
-(came-pytorch factors its two singleton dimensions and stores 4x the weight's size).
+decoupled weight decay. `CAME` matches the reference `came-pytorch` step for step (to float rounding), except that
+trailing singleton dimensions are squeezed before factoring, so a 1x1 convolution [out, in, 1, 1] is factored as the
+matrix it is (came-pytorch factors its two singleton dimensions and stores 4x the weight's size).
+
+The step is multi-tensor: parameters of one layout (matrix shape, sharding), dtype and device are stacked into chunks
+of up to `STACK_NUMEL` elements and each chunk's statistics, update, clipping and confidence terms are batched ops
+over the stack (a Sana model is many tensors of a few shapes); the chunk's states are rows of one tensor, updated in
+place (`stacks.py`). A tensor as large as a chunk is updated alone, through views of its own storage. Work tensors are
+reused from step to step.
 
 `CAME8bit` stores the first moment (`exp_avg`) of large matrices in 8 bits, in blocks of up to 2048 values laid
 along rows (`blockwise.py`) so that the 8-bit state shards like its parameter. `quantization="dynamic"` (default):
-bitsandbytes' signed dynamic map and kernels, one fp32 absmax per block. `"minmax"`: SANA 1.5's own quantiser
-(`CAME8BitWrapper`), 256 uniform levels between each block's min and max. The dynamic map is the more accurate on
-heavy-tailed values, its levels being dense near zero: on Student-t (3 degrees of freedom) values in 2048-blocks the
-RMS error is 1.9% of the values' RMS against 2.5% for min-max (mean abs error 1.8% vs 3.1%; min-max has the smaller
-worst case, 0.20 vs 0.51; `tests/test_came.py`). The factored statistics are tiny and stay fp32, as do tensors that
-are 1-D or smaller than `min_8bit_size`.
+bitsandbytes' signed dynamic map, one fp32 absmax per block (bitsandbytes' kernels on CUDA, batched torch ops on the
+CPU). `"minmax"`: SANA 1.5's own quantiser (`CAME8BitWrapper`), 256 uniform levels between each block's min and
+max. The dynamic map is the more accurate on heavy-tailed values, its levels being dense near zero: on Student-t
+(3 degrees of freedom) values in 2048-blocks the RMS error is 1.9% of the values' RMS against 2.5% for min-max (mean
+abs error 1.8% vs 3.1%; min-max has the smaller worst case, 0.20 vs 0.51; `tests/test_came.py`). The factored
+statistics are tiny and stay fp32, as do tensors that are 1-D or smaller than `min_8bit_size`.
 
-Under FSDP2 the parameters are DTensors: every elementwise step runs on the local shard, and the row/column means
-of the factored statistics are taken by DTensor reductions, so the factored moments are those of the full matrix.
-The 8-bit codes and their absmax (or min and max) are DTensors sharded like the parameter, so
-torch.distributed.checkpoint saves, loads and reshards them.
+Under FSDP2 the parameters are DTensors: the step runs on the local shards, and reductions over a sharded dimension
+are all-reduced (`layout.Layout`), so the factored moments are those of the full matrix. Every state is a DTensor
+laid out like its parameter, so torch.distributed.checkpoint saves, loads and reshards it.
 """
 
+import math
 from typing import Literal
 
 import torch
-from torch.distributed.tensor import DTensor
 
-from sana_lightning.optim.blockwise import dequantize, dequantize_minmax, dynamic_map, quantize, quantize_minmax
+from sana_lightning.optim.blockwise import (
+    dequantize,
+    dequantize_minmax,
+    dynamic_codebook,
+    quantize,
+    quantize_into,
+    quantize_minmax,
+)
+from sana_lightning.optim.layout import Layout, local
+from sana_lightning.optim.stacks import Workspace, matrices, stacked
 
 QUANT_BLOCKSIZE = 2048
-
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
-
-
-def _matrix_shape(shape: torch.Size) -> tuple[int, ...]:
-    """The shape CAME factors over: trailing singleton dimensions dropped (1x1 convolutions become matrices)."""
-    dims = list(shape)
-    while len(dims) > 2 and dims[-1] == 1:
-        dims.pop()
-    return tuple(dims)
-
-
-def _rms(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.norm(2) / (tensor.numel() ** 0.5)
-
-
-def _approx_inverse_sqrt(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
-    """Adafactor's rank-1 estimate of 1/sqrt(V) from V's row and column means."""
-    r_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt().unsqueeze(-1)
-    return r_factor * col.unsqueeze(-2).rsqrt()
+STACK_NUMEL = 1 << 20
+"""Elements per stacked chunk: smaller tensors of one layout are updated together, larger ones alone."""
 
 
 class CAME(torch.optim.Optimizer):
@@ -73,16 +67,8 @@ class CAME(torch.optim.Optimizer):
             lr=lr, betas=tuple(betas), eps=tuple(eps), clip_threshold=clip_threshold, weight_decay=weight_decay
         )
         super().__init__(params, defaults)
-
-    # First-moment storage: plain fp32 here, 8-bit blockwise in CAME8bit.
-    def _init_exp_avg(self, state: dict, grad: torch.Tensor) -> None:
-        state["exp_avg"] = torch.zeros_like(grad)
-
-    def _read_exp_avg(self, state: dict, grad: torch.Tensor) -> torch.Tensor:
-        return state["exp_avg"]
-
-    def _write_exp_avg(self, state: dict, exp_avg: torch.Tensor) -> None:
-        pass  # updated in place
+        self._workspace = Workspace()
+        self._plans: dict[int, tuple[tuple[int, ...], list]] = {}
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -90,58 +76,127 @@ class CAME(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            beta1, beta2, beta3 = group["betas"]
-            eps1, eps2 = group["eps"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+        for index, group in enumerate(self.param_groups):
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
                 if p.grad.is_sparse:
                     raise RuntimeError("CAME does not support sparse gradients")
-                grad = p.grad.float()
-                shape = _matrix_shape(grad.shape)
-                factored = len(shape) >= 2
-                if factored:
-                    grad = grad.reshape(shape)
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    self._init_exp_avg(state, grad)
-                    if factored:
-                        for name, reduced in (("row", shape[:-1]), ("col", shape[:-2] + shape[-1:])):
-                            state[f"exp_avg_sq_{name}"] = grad.new_zeros(reduced)
-                            state[f"exp_avg_res_{name}"] = grad.new_zeros(reduced)
-                    else:
-                        state["exp_avg_sq"] = torch.zeros_like(grad)
-                state["step"] += 1
-
-                update = grad.square() + eps1
-                if factored:
-                    row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
-                    row.mul_(beta2).add_(update.mean(dim=-1), alpha=1 - beta2)
-                    col.mul_(beta2).add_(update.mean(dim=-2), alpha=1 - beta2)
-                    update = _approx_inverse_sqrt(row, col).mul_(grad)
-                else:
-                    state["exp_avg_sq"].mul_(beta2).add_(update, alpha=1 - beta2)
-                    update = state["exp_avg_sq"].rsqrt().mul_(grad)
-                update.div_((_rms(update) / group["clip_threshold"]).clamp_(min=1.0))
-
-                exp_avg = self._read_exp_avg(state, grad)
-                exp_avg.mul_(beta1).add_(update, alpha=1 - beta1)
-                if factored:
-                    res = (update - exp_avg).square_().add_(eps2)
-                    row, col = state["exp_avg_res_row"], state["exp_avg_res_col"]
-                    row.mul_(beta3).add_(res.mean(dim=-1), alpha=1 - beta3)
-                    col.mul_(beta3).add_(res.mean(dim=-2), alpha=1 - beta3)
-                    update = _approx_inverse_sqrt(row, col).mul_(exp_avg)
-                else:
-                    update = exp_avg.clone()
-                self._write_exp_avg(state, exp_avg)
-
-                if group["weight_decay"]:
-                    p.add_(p, alpha=-group["weight_decay"] * group["lr"])
-                p.sub_(update.mul_(group["lr"]).reshape(p.shape).to(p.dtype))
+            for layout, chunk in self._chunks(index, params):
+                self._update(chunk, layout, group)
         return loss
+
+    def _chunks(self, index: int, params: list[torch.Tensor]) -> list[tuple[Layout, list[torch.Tensor]]]:
+        """`params` in chunks of one layout, dtype and device, up to `STACK_NUMEL` elements (planned once for a set
+        of parameters with gradients); states initialised on first sight."""
+        key = tuple(map(id, params))
+        if self._plans.get(index, (None,))[0] != key:
+            kinds: dict[tuple, list[torch.Tensor]] = {}
+            for p in params:
+                kinds.setdefault((Layout.of(p), p.dtype, p.device), []).append(p)
+            plan = []
+            for (layout, *_), same in kinds.items():
+                per_chunk = max(1, STACK_NUMEL // max(1, math.prod(layout.shape)))
+                plan += [(layout, same[i : i + per_chunk]) for i in range(0, len(same), per_chunk)]
+            self._plans[index] = (key, plan)
+        plan = self._plans[index][1]
+        for layout, chunk in plan:
+            for p in chunk:
+                if not self.state[p]:
+                    self._init_state(p, layout)
+        return plan
+
+    def _init_state(self, p: torch.Tensor, layout: Layout) -> None:
+        shape = local(p).shape[: len(layout.shape)]
+        n = len(shape)
+
+        def zeros(kept: tuple[int, ...]) -> torch.Tensor:
+            return layout.wrap(torch.zeros([shape[d] for d in kept], device=local(p).device), kept)
+
+        state = self.state[p]
+        state["step"] = 0
+        if n >= 2:
+            for name in ("exp_avg_sq", "exp_avg_res"):
+                state[f"{name}_row"] = zeros(tuple(range(n - 1)))
+                state[f"{name}_col"] = zeros((*range(n - 2), n - 1))
+        else:
+            state["exp_avg_sq"] = zeros(tuple(range(n)))
+        self._init_exp_avg(state, zeros(tuple(range(n))), layout)
+
+    # First-moment storage: plain fp32 here, 8-bit blockwise in CAME8bit.
+    def _init_exp_avg(self, state: dict, zeros: torch.Tensor, layout: Layout) -> None:
+        state["exp_avg"] = zeros
+
+    def _read_exp_avg(self, states: list[dict]) -> torch.Tensor:
+        return stacked(states, "exp_avg")
+
+    def _write_exp_avg(self, states: list[dict], exp_avg: torch.Tensor) -> None:
+        pass  # updated in place
+
+    def _update(self, params: list[torch.Tensor], layout: Layout, group: dict) -> None:
+        """One CAME step of a chunk of parameters of one layout, as batched ops over their stack."""
+        beta1, beta2, beta3 = group["betas"]
+        eps1, eps2 = group["eps"]
+        n = len(layout.shape)
+        shape = local(params[0]).shape[:n]
+        states = [self.state[p] for p in params]
+        for state in states:
+            state["step"] += 1
+
+        grads = matrices([local(p.grad) for p in params], shape)
+        if len(grads) == 1:
+            grad = grads[0].unsqueeze(0).float()
+        else:
+            buffer = self._workspace.buffer("grad", torch.Size((len(grads), *shape)), grads[0].dtype, grads[0].device)
+            grad = torch.stack(grads, out=buffer).float()
+        work = self._workspace.buffer("work", grad.shape, torch.float32, grad.device)
+        factored = n >= 2
+        if factored:
+            row, col, res_row, res_col = (
+                stacked(states, name)
+                for name in ("exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_res_row", "exp_avg_res_col")
+            )
+            torch.mul(grad, grad, out=work)
+            self._average(row, layout, work, n - 1, beta2, eps1)
+            self._average(col, layout, work, n - 2, beta2, eps1)
+            torch.mul(grad, self._row_factor(row, layout), out=work).mul_(col.rsqrt().unsqueeze(-2))
+        else:
+            exp_avg_sq = stacked(states, "exp_avg_sq")
+            torch.mul(grad, grad, out=work).add_(eps1)
+            exp_avg_sq.mul_(beta2).add_(work, alpha=1 - beta2)
+            torch.rsqrt(exp_avg_sq, out=work).mul_(grad)
+        squares = layout.all_reduce(torch.linalg.vector_norm(work.view(len(params), -1), dim=1).square_(), range(n))
+        rms = squares.div_(math.prod(layout.shape)).sqrt_()
+        work.div_((rms / group["clip_threshold"]).clamp_(min=1.0).view(-1, *[1] * n))
+
+        exp_avg = self._read_exp_avg(states)
+        exp_avg.lerp_(work, 1 - beta1)
+        if factored:
+            work.sub_(exp_avg).square_()
+            self._average(res_row, layout, work, n - 1, beta3, eps2)
+            self._average(res_col, layout, work, n - 2, beta3, eps2)
+            torch.mul(self._row_factor(res_row, layout), res_col.rsqrt().unsqueeze(-2), out=work)  # 1/sqrt(res)
+
+        targets = matrices([local(p) for p in params], shape)
+        if group["weight_decay"]:
+            torch._foreach_mul_(targets, 1 - group["weight_decay"] * group["lr"])
+        if factored:  # p -= lr * exp_avg / sqrt(res), else p -= lr * exp_avg
+            torch._foreach_addcmul_(targets, list(exp_avg.unbind(0)), list(work.unbind(0)), value=-group["lr"])
+        else:
+            torch._foreach_add_(targets, list(exp_avg.unbind(0)), alpha=-group["lr"])
+        self._write_exp_avg(states, exp_avg)
+
+    @staticmethod
+    def _average(stat: torch.Tensor, layout: Layout, values: torch.Tensor, dim: int, beta: float, eps: float):
+        """`stat` <- beta * stat + (1 - beta) * (mean of `values` over the parameter's `dim`, + eps)."""
+        mean = layout.sum(values, (dim,)).div_(layout.shape[dim]).add_(eps)
+        stat.mul_(beta).add_(mean, alpha=1 - beta)
+
+    @staticmethod
+    def _row_factor(row: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """Adafactor's row factor of the rank-1 estimate of 1/sqrt(V): (row / its mean)^-1/2, as a column."""
+        n = len(layout.shape)
+        mean = layout.sum(row, (n - 2,)).div_(layout.shape[-2]).unsqueeze(-1)
+        return (row / mean).rsqrt_().unsqueeze(-1)
 
 
 class CAME8bit(CAME):
@@ -161,41 +216,46 @@ class CAME8bit(CAME):
         self.min_8bit_size = min_8bit_size
         self.quantization = quantization
 
-    def _quantized(self, grad: torch.Tensor) -> bool:
-        return grad.dim() >= 2 and grad.numel() >= self.min_8bit_size
+    def _init_exp_avg(self, state: dict, zeros: torch.Tensor, layout: Layout) -> None:
+        if len(layout.shape) < 2 or math.prod(layout.shape) < self.min_8bit_size:
+            return super()._init_exp_avg(state, zeros, layout)
+        codes, *scales = self._quantize(local(zeros))
+        kept = tuple(range(len(layout.shape)))
+        state["exp_avg_q"] = layout.wrap(codes, kept)
+        for name, scale in zip(self._scale_names(), scales):
+            state[name] = layout.wrap(scale, (*kept[:-1], None))
 
-    def _init_exp_avg(self, state: dict, grad: torch.Tensor) -> None:
-        if not self._quantized(grad):
-            return super()._init_exp_avg(state, grad)
-        self._write_exp_avg(state, torch.zeros_like(grad))
-
-    def _read_exp_avg(self, state: dict, grad: torch.Tensor) -> torch.Tensor:
-        if "exp_avg" in state:
-            return state["exp_avg"]
-        codes = _local(state["exp_avg_q"])
+    def _read_exp_avg(self, states: list[dict]) -> torch.Tensor:
+        if "exp_avg" in states[0]:
+            return super()._read_exp_avg(states)
+        codes, *scales = (stacked(states, name) for name in ("exp_avg_q", *self._scale_names()))
         if self.quantization == "minmax":
-            values = dequantize_minmax(
-                codes, _local(state["exp_avg_min"]), _local(state["exp_avg_max"]), QUANT_BLOCKSIZE
-            )
-        else:
-            values = dequantize(codes, _local(state["exp_avg_absmax"]), self._code(codes.device), QUANT_BLOCKSIZE)
-        return _like(values, grad)
+            return dequantize_minmax(codes, *scales, QUANT_BLOCKSIZE)
+        out = self._workspace.buffer("exp_avg", codes.shape, torch.float32, codes.device)
+        return dequantize(codes, *scales, dynamic_codebook(codes.device), QUANT_BLOCKSIZE, out=out)
 
-    def _write_exp_avg(self, state: dict, exp_avg: torch.Tensor) -> None:
-        if "exp_avg" in state:
+    def _write_exp_avg(self, states: list[dict], exp_avg: torch.Tensor) -> None:
+        """Quantise the updated first moment into the states (`exp_avg`'s memory is reused as work memory)."""
+        if "exp_avg" in states[0]:
             return
-        local = _local(exp_avg)
+        codes, *scales = (stacked(states, name) for name in ("exp_avg_q", *self._scale_names()))
         if self.quantization == "minmax":
-            codes, low, high = quantize_minmax(local, QUANT_BLOCKSIZE)
-            state["exp_avg_min"], state["exp_avg_max"] = _like(low, exp_avg), _like(high, exp_avg)
+            for target, value in zip((codes, *scales), quantize_minmax(exp_avg, QUANT_BLOCKSIZE)):
+                target.copy_(value)
         else:
-            codes, absmax = quantize(local, self._code(local.device), QUANT_BLOCKSIZE)
-            state["exp_avg_absmax"] = _like(absmax, exp_avg)
-        state["exp_avg_q"] = _like(codes, exp_avg)
+            quantize_into(exp_avg, dynamic_codebook(exp_avg.device), codes, *scales, QUANT_BLOCKSIZE)
+
+    def _quantize(self, values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.quantization == "minmax":
+            return quantize_minmax(values, QUANT_BLOCKSIZE)
+        return quantize(values, dynamic_codebook(values.device), QUANT_BLOCKSIZE)
+
+    def _scale_names(self) -> tuple[str, ...]:
+        return ("exp_avg_min", "exp_avg_max") if self.quantization == "minmax" else ("exp_avg_absmax",)
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
-        key = {"dynamic": "exp_avg_absmax", "minmax": "exp_avg_min"}[self.quantization]
+        key = self._scale_names()[0]
         for state in self.state.values():  # torch casts every state tensor to its parameter's dtype
             if "exp_avg_q" in state:
                 if key not in state:
@@ -204,17 +264,3 @@ class CAME8bit(CAME):
                         f"this optimizer state was saved with quantization={other!r}: set CAME8bit's quantization to it"
                     )
                 state["exp_avg_q"] = state["exp_avg_q"].to(torch.uint8)
-
-    def _code(self, device: torch.device) -> torch.Tensor:
-        if getattr(self, "_dynamic_map", None) is None or self._dynamic_map.device != device:
-            self._dynamic_map = dynamic_map(device)
-        return self._dynamic_map
-
-
-def _like(local: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """`local` as a DTensor sharded like `reference` (same mesh and placements, rows = its dim 0) when that is one."""
-    if not isinstance(reference, DTensor):
-        return local
-    shape = torch.Size((*reference.shape[:-1], local.shape[-1]))  # codes: the matrix; absmax: blocks per row
-    stride = torch.empty(shape, device="meta").stride()
-    return DTensor.from_local(local, reference.device_mesh, reference.placements, shape=shape, stride=stride)
