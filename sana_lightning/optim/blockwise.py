@@ -1,12 +1,13 @@
 """Blockwise dynamic 8-bit quantisation whose blocks never cross a row.
 
-bitsandbytes' `quantize_blockwise` format (the signed dynamic map of `create_dynamic_map`, one fp32 absmax per block)
-and kernels, with blocks laid along the last dimension: the block size is the largest bitsandbytes size up to
-`max_block` that divides the row (rows are padded to a whole number of 64-blocks only when none does), the codes keep
-the tensor's shape and the absmax has shape `[*rows, blocks per row]`. Both can therefore be
-sharded along dim 0 exactly like the parameter they belong to, which is what lets a sharded (FSDP) optimizer state
-be checkpointed with torch.distributed.checkpoint and resharded. (bitsandbytes' own layout is flat memory, whose
-blocks straddle rows and shard boundaries.) The padding is transient: only the tensor's own codes are stored.
+bitsandbytes' `quantize_blockwise` format (the signed dynamic map of `create_dynamic_map`, one fp32 absmax per
+block; its kernels on CUDA, a lookup table on the CPU), with blocks laid along the last dimension: the block size is
+the largest bitsandbytes size up to `max_block` that divides the row (rows are padded to a whole number of 64-blocks
+only when none does), the codes keep the tensor's shape and the absmax has shape `[*rows, blocks per row]`. Both can
+therefore be sharded along dim 0 exactly like the parameter they belong to, which is what lets a sharded (FSDP)
+optimizer state be checkpointed with torch.distributed.checkpoint and resharded. (bitsandbytes' own layout is flat
+memory, whose blocks straddle rows and shard boundaries.) The padding is transient: only the tensor's own codes are
+stored.
 
 `quantize_minmax` is SANA's CAME-8bit quantiser on the same row blocks: 256 uniform levels between each block's min
 and max (their `CAME8BitWrapper` quantises 2,048-value chunks the same way).
