@@ -36,7 +36,9 @@ def keep_freed_memory(limit: int = 1 << 30) -> None:
     large tensor: ~10x fewer page faults per step). Both settings or neither: a trim threshold alone freezes the
     mmap threshold at 128 KiB."""
     mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
-    assert mallopt(-3, limit) and mallopt(-1, limit)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    applied = mallopt(-3, limit), mallopt(-1, limit)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    if not all(applied):
+        raise RuntimeError(f"mallopt refused the allocator setting: {applied}")
 
 
 def _time_steps(options: dict, steps: int) -> dict:
