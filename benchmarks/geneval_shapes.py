@@ -1,4 +1,4 @@
-"""GenEval-Shapes of the demo model, per task, next to ground-truth images (which must score 1.0).
+"""GenEval-Shapes of a trained model (default: the report model), per task, next to ground truth (which scores 1.0).
 
     python -m benchmarks.geneval_shapes [--checkpoint CKPT] [--prompts-per-task 32] [--images-per-prompt 4]
 
@@ -19,7 +19,7 @@ from sana_lightning.module import SanaFlowModule
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="runs/sana/version_*/checkpoints/last.ckpt")
+    parser.add_argument("--checkpoint", default="runs/report/version_*/checkpoints/last.ckpt")
     parser.add_argument("--prompts-per-task", type=int, default=32)
     parser.add_argument("--images-per-prompt", type=int, default=4)
     args = parser.parse_args()
@@ -31,7 +31,7 @@ def main() -> None:
     summaries = {}
     with tempfile.TemporaryDirectory() as tmp:
         truth = lambda prompts, seeds: [render(by_prompt[p].objects, module.hparams.image_size) for p in prompts]  # noqa: E731
-        for name, generate in (("ground truth", truth), ("demo model", pil_generator(module))):
+        for name, generate in (("ground truth", truth), ("model", pil_generator(module))):
             folder = write_folder(f"{tmp}/{name.replace(' ', '_')}", records, args.images_per_prompt, generate)
             summaries[name] = summarize(score_folder(folder, detector))
             print(f"\n{name}\n{format_summary(summaries[name])}")

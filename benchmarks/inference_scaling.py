@@ -1,78 +1,129 @@
-"""Inference-time scaling on the Shapes domain (SANA 1.5, section 2.3 / figure 6): GenEval-Shapes vs N.
+"""Inference-time scaling on the Shapes domain (SANA 1.5, section 2.3 / figure 6): GenEval-Shapes vs N, per judge.
 
-    python -m benchmarks.inference_scaling [--checkpoint CKPT] [--prompts-per-task 4] [--max-n 32]
+    python -m benchmarks.inference_scaling --vlm DIR --clip DIR [--checkpoint CKPT] [--prompts-per-task 8]
 
-32 candidates a prompt are generated once (seeded); best-of-N for N = 1, 2, 4, ... uses the first N of them, so
-every N is measured on the same images. Judge: the GenEval oracle (exact Shapes detector), an upper bound for a
-VLM judge; selection: SANA's knockout tournament. Cost per N: images generated, judge calls, comparisons,
-seconds (generation time scales with N). Goal: best-of-16 >= N=1 + 15 points.
+The prompts are the first `--prompts-per-task` of each task in the GenEval-Shapes evaluation metadata. `--max-n`
+candidates a prompt are generated once (seeded); N = 1, 2, 4, ... uses the first N, so every N and every judge sees
+the same images. Judges: a VLM verifier and a CLIP from local directories (for the report: trained on rendered
+Shapes, never shown an evaluation prompt), random (lower bound) and the GenEval oracle (the exact detector that
+scores the result: upper bound). Selection: SANA's knockout tournament and best-of-N by p(yes). Zero-order search
+(perturb the best noise so far, keep what the VLM judge prefers) runs at the same number of generated and judged
+images. Every selected image is scored by the exact detector with GenEval's rules. Goal: VLM tournament at N=16 >=
+N=1 + 15 points, with >= 60% of the oracle's gain.
 """
 
 import argparse
-import tempfile
 import time
 
 import matplotlib
+import torch
 
-from benchmarks.common import RESULTS, pil_generator, report
-from sana_lightning.data.shapes import evaluation_scenes
-from sana_lightning.eval.folder import load_sample, write_folder
-from sana_lightning.eval.geneval import ImageResult, summarize
+from benchmarks.common import RESULTS, report
+from sana_lightning.eval.geneval import ImageResult, first_per_task, read_metadata, score_images, summarize
 from sana_lightning.eval.shapes_detector import ShapesDetector
-from sana_lightning.inference_scaling import GenEvalOracleJudge, knockout
+from sana_lightning.images import to_pil
+from sana_lightning.inference_scaling import best_of_n, knockout, zero_order_search
+from sana_lightning.inference_scaling.judges import CLIPJudge, GenEvalOracleJudge, RandomJudge, VLMJudge
 from sana_lightning.module import SanaFlowModule
+from sana_lightning.sampling import initial_noise
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def geneval(records: list[dict], correct: list[bool]) -> dict:
+    """GenEval's summary of one selected image a prompt."""
+    return summarize([ImageResult(r["tag"], i, c) for i, (r, c) in enumerate(zip(records, correct))])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="runs/sana/version_*/checkpoints/last.ckpt")
-    parser.add_argument("--prompts-per-task", type=int, default=4)
+    parser.add_argument("--checkpoint", default="runs/report/version_*/checkpoints/last.ckpt", help="the model")
+    parser.add_argument("--vlm", required=True, help="local VLM verifier directory")
+    parser.add_argument("--clip", required=True, help="local CLIP verifier directory")
+    parser.add_argument("--metadata", default="data/shapes/metadata.jsonl")
+    parser.add_argument("--prompts-per-task", type=int, default=8)
     parser.add_argument("--max-n", type=int, default=32)
+    parser.add_argument("--neighbors", type=int, default=4, help="zero-order search: perturbations a round")
+    parser.add_argument("--similarity", type=float, default=0.9, help="zero-order search: cosine to the pivot")
     args = parser.parse_args()
+    torch.manual_seed(0)
     module = SanaFlowModule.from_checkpoint(args.checkpoint)
-    records = [s.metadata() for s in evaluation_scenes(args.prompts_per_task, module.hparams.image_size)]
-    judge = GenEvalOracleJudge(ShapesDetector(), {r["prompt"]: r for r in records})
-    with tempfile.TemporaryDirectory() as tmp:
+    records = first_per_task(read_metadata(args.metadata), args.prompts_per_task)
+    prompts = [r["prompt"] for r in records]
+    n_max, detector = args.max_n, ShapesDetector()
+    judges = {
+        "VLM": VLMJudge(args.vlm, batch_size=64),
+        "CLIP": CLIPJudge(args.clip, batch_size=64),
+        "random": RandomJudge(seed=0),
+        "oracle": GenEvalOracleJudge(detector, {r["prompt"]: r for r in records}),
+    }
+
+    start = time.perf_counter()
+    seeds = [i * n_max + k for i in range(len(records)) for k in range(n_max)]  # as `generate`'s folder layout
+    repeated = [p for p in prompts for _ in range(n_max)]
+    images = [to_pil(x) for x in module.generate(repeated, seeds, progress=True)]
+    generate_seconds = time.perf_counter() - start
+    correct = [ok for ok, _ in score_images(images, [r for r in records for _ in range(n_max)], detector)]
+    verdicts, judge_seconds = {}, {}
+    for name, judge in judges.items():
         start = time.perf_counter()
-        folder = write_folder(tmp, records, args.max_n, pil_generator(module), batch_size=64)
-        seconds_per_image = (time.perf_counter() - start) / (args.max_n * len(records))
-        verdicts = [
-            judge.judge([load_sample(folder / f"{i:05d}/samples/{j:04d}.png") for j in range(args.max_n)], r["prompt"])
-            for i, r in enumerate(records)
-        ]
-    rows, n = [], 1
-    while n <= args.max_n:
-        results, comparisons = [], 0
-        for index, (record, candidates) in enumerate(zip(records, verdicts)):
-            (winner,), made = knockout(candidates[:n], 1)
-            comparisons += made
-            results.append(ImageResult(record["tag"], index, candidates[winner].yes))
-        summary = summarize(results)
-        rows.append(
-            {
-                "N": n,
-                "GenEval-Shapes": summary["overall"],
-                **{tag: task["accuracy"] for tag, task in summary["tasks"].items()},
-                "images": n * len(records),
-                "judge calls": n * len(records),
-                "comparisons": comparisons,
-                "generation s": n * len(records) * seconds_per_image,
-            }
-        )
-        n *= 2
-    report("inference_scaling", rows, checkpoint=args.checkpoint, judge="GenEval oracle (Shapes detector)")
-    figure, axis = plt.subplots(figsize=(6, 4))
-    axis.plot([r["N"] for r in rows], [r["GenEval-Shapes"] for r in rows], marker="o")
+        verdicts[name] = judge.judge_pairs(list(zip(repeated, images)))
+        judge_seconds[name] = time.perf_counter() - start
+
+    sizes = [2**e for e in range(n_max.bit_length()) if 2**e <= n_max]
+    curves: dict[str, dict[int, dict]] = {}
+    for name in judges:
+        for selection in ("tournament", "best_of_n"):
+            curve = curves[f"{name}, {selection}"] = {}
+            for n in sizes:
+                picked = []
+                for i in range(len(records)):
+                    own = verdicts[name][i * n_max : i * n_max + n]
+                    (w,) = knockout(own, 1)[0] if selection == "tournament" else best_of_n([v.p_yes for v in own])
+                    picked.append(correct[i * n_max + w])
+                curve[n] = geneval(records, picked)
+
+    start = time.perf_counter()
+    first_noise = initial_noise(len(records), module.autoencoder.latent_channels, module.latent_size, seeds[::n_max])
+    generate = lambda batch, noise: [to_pil(x) for x in module.generate(batch, noise=noise)]  # noqa: E731
+    history = zero_order_search(prompts, first_noise, generate, judges["VLM"], n_max, args.neighbors, args.similarity)
+    search_seconds = time.perf_counter() - start
+    curve = curves["VLM, zero-order search"] = {}
+    for n in sizes:
+        chosen = [steps[n - 1].image for steps in history]
+        curve[n] = geneval(records, [ok for ok, _ in score_images(chosen, records, detector)])
+
+    rows = [{"judge, selection": name, **{f"N={n}": s["overall"] for n, s in c.items()}} for name, c in curves.items()]
+    n16 = 16 if 16 in sizes else sizes[-1]
+    vlm, oracle = curves["VLM, tournament"], curves["oracle, tournament"]
+    gain, oracle_gain = vlm[n16]["overall"] - vlm[1]["overall"], oracle[n16]["overall"] - oracle[1]["overall"]
+    goals = {
+        f"VLM tournament gain at N={n16} (points)": 100 * gain,
+        "share of the oracle's gain": gain / oracle_gain if oracle_gain else float("nan"),
+    }
+    report(
+        "inference_scaling",
+        rows,
+        checkpoint=args.checkpoint,
+        prompts=len(records),
+        goals=goals,
+        per_task={name: {n: s["tasks"] for n, s in c.items()} for name, c in curves.items()},
+        seconds={"generate (N_max a prompt)": generate_seconds, "zero-order search": search_seconds, **judge_seconds},
+    )
+    print("\n".join(f"{k}: {v:.2f}" for k, v in goals.items()))
+    figure, axis = plt.subplots(figsize=(7.5, 4.5))
+    for name, c in curves.items():
+        style = "--" if "best_of_n" in name else ":" if "zero-order" in name else "-"
+        axis.plot(sizes, [c[n]["overall"] for n in sizes], style, marker="o", label=name)
     axis.set(
         xscale="log",
-        xlabel="candidates per prompt N (log)",
-        ylabel="GenEval-Shapes (best of N)",
-        title="Inference-time scaling, knockout with the GenEval oracle",
+        xlabel="generated and judged images per prompt N (log)",
+        ylabel="GenEval-Shapes of the selected image",
+        title=f"Inference-time scaling ({len(records)} prompts)",
     )
-    axis.set_xticks([r["N"] for r in rows], [str(r["N"]) for r in rows])
+    axis.set_xticks(sizes, [str(n) for n in sizes])
+    axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(RESULTS / "inference_scaling.png", dpi=120)
 

@@ -21,17 +21,12 @@ from benchmarks.common import report
 from benchmarks.tiny_vlm import save_tiny_llava
 from sana_lightning.data.shapes import TASKS, SceneSampler, render
 from sana_lightning.inference_scaling import VLMJudge
+from sana_lightning.inference_scaling.verifier_models import minilm_tokenizer
 
 
 def save_tiny_vlm(path: Path) -> Path:
     """The tests' tiny Llava, with the embedded MiniLM tokenizer, saved."""
-    from transformers import AutoTokenizer
-
-    from sana_lightning.text_encoder import embedded_text_encoder_path
-
-    tokenizer = AutoTokenizer.from_pretrained(embedded_text_encoder_path())
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    return save_tiny_llava(path, tokenizer)
+    return save_tiny_llava(path, minilm_tokenizer())
 
 
 def median_seconds(run, repeats: int) -> float:

@@ -203,8 +203,8 @@ def make_judge(
 ):
     """`oracle` (GenEval + the Shapes detector), `clip` or `vlm` (transformers models from `path`, `batch_size` pairs
     a forward; the VLM asks SANA's verifier prompt unless `question` is given, and runs a custom-code verifier only
-    with `trust_remote_code`)."""
-    from sana_lightning.inference_scaling.judges import CLIPJudge, GenEvalOracleJudge, VLMJudge
+    with `trust_remote_code`), or `random` (the lower bound)."""
+    from sana_lightning.inference_scaling.judges import CLIPJudge, GenEvalOracleJudge, RandomJudge, VLMJudge
 
     if question is not None and name != "vlm":
         raise ValueError(f"--question is the vlm judge's; the {name} judge asks none")
@@ -212,6 +212,8 @@ def make_judge(
         if any("tag" not in r for r in records):
             raise ValueError("the oracle judge needs GenEval metadata prompts (a metadata.jsonl), not plain text")
         return GenEvalOracleJudge(make_detector("shapes"), {r["prompt"]: r for r in records})
+    if name == "random":
+        return RandomJudge()
     if name in ("clip", "vlm"):
         if not path:
             raise ValueError(f"the {name} judge needs judge_path: a local transformers model directory")
@@ -219,7 +221,7 @@ def make_judge(
             return CLIPJudge(path, device, batch_size=batch_size)
         question = question or VLMJudge.OFFICIAL_PROMPT
         return VLMJudge(path, question, trust_remote_code, device, batch_size=batch_size)
-    raise ValueError(f"unknown judge '{name}': use oracle, clip or vlm")
+    raise ValueError(f"unknown judge '{name}': use oracle, clip, vlm or random")
 
 
 def make_detector(

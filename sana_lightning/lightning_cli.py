@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import torch
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 
@@ -89,9 +88,7 @@ class SanaCLI(LightningCLI):
         saved = {k: v for k, v in checkpoint_hparams(path).items() if not k.startswith("_")}
         differences = settings_differences(saved, own)
         if not self.config[self.subcommand].get("resume_with_checkpoint_settings") and self.subcommand == "fit":
-            lr = self.model.optimizer_factory([torch.nn.Parameter(torch.zeros(1))]).defaults["lr"]
-            scales = [group.get("lr_scale", 1.0) for group in self.model.parameter_groups()]
-            differences += learning_rate_differences(path, [lr * scale for scale in scales])
+            differences += learning_rate_differences(path, self.model)
         if differences:
             raise ValueError(
                 f"--ckpt_path '{path}' was trained with other settings ({'; '.join(differences)}): resume with "

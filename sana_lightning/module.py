@@ -273,22 +273,22 @@ class SanaFlowModule(FrozenCodecs, NonFiniteGuard, L.LightningModule):
         use_ema: bool = True,
         batch_size: int = 64,
         progress: bool = False,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Images `[N, 3, H, W]` in [0, 1] for `prompts`; sample i starts from the noise of seed `seeds[i]`."""
+        """Images `[N, 3, H, W]` in [0, 1] for `prompts`; sample i starts from the noise of seed `seeds[i]`, or from
+        `noise[i]` when given (`[N, C, h, w]` latents, e.g. a search's perturbed noise)."""
+        if noise is not None and len(noise) != len(prompts):
+            raise ValueError(f"{len(noise)} noise tensors for {len(prompts)} prompts: give one a prompt")
         sampler = sampler or self.sampler
         transformer = self.ema.module if use_ema and self.ema is not None else self.transformer
-        seeds = list(range(seeds, seeds + len(prompts))) if isinstance(seeds, int) else seeds
-        channels = self.autoencoder.latent_channels
+        if noise is None:
+            noise = initial_noise(len(prompts), self.autoencoder.latent_channels, self.latent_size, seeds)
         null_embeds, null_mask = self.text_encoder([""])
         images = []
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
             embeds, mask = self.text_encoder(chunk)
-            noise = initial_noise(
-                len(chunk), channels, self.latent_size, seeds[start : start + batch_size], self.device
-            )
-            latents = denoise(
-                transformer, noise.to(embeds.dtype), embeds, mask, null_embeds, null_mask, sampler, progress
-            )
+            own = noise[start : start + batch_size].to(self.device, embeds.dtype)
+            latents = denoise(transformer, own, embeds, mask, null_embeds, null_mask, sampler, progress)
             images.append(self.autoencoder.decode(latents).float().add(1).div(2))
         return torch.cat(images)

@@ -70,14 +70,24 @@ def repair_epoch_end_checkpoint(checkpoint: dict) -> None:
     fit["epoch_loop.batch_progress"]["is_last_batch"] = False
 
 
-def learning_rate_differences(path: str | Path, configured: list[float]) -> list[str]:
-    """`optimizer lr ...: checkpoint X, config Y` for each parameter group whose configured learning rate is not the
-    one the checkpoint's optimizer was made with (a resume restores the optimizer, and with it the old rate)."""
+def configured_learning_rates(module) -> list[float]:
+    """The base learning rate of each parameter group that `module.configure_optimizers()` makes: a scheduler's
+    `initial_lr` where it sets one (OneCycleLR starts from max_lr / div_factor), else the group's `lr`."""
+    configured = module.configure_optimizers()
+    optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
+    return [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+
+
+def learning_rate_differences(path: str | Path, module) -> list[str]:
+    """`optimizer lr ...: checkpoint X, config Y` for each parameter group whose base learning rate in `module`'s
+    config (`configured_learning_rates`) is not the one the checkpoint's optimizer was made with (a resume restores
+    the optimizer, and with it the old rate)."""
     if is_sharded_checkpoint(path):
         return []  # the optimizer state is in the shards
     states = read_checkpoint(path).get("optimizer_states") or []
     if not states:
         return []
+    configured = configured_learning_rates(module)
     saved = [group.get("initial_lr", group["lr"]) for group in states[0]["param_groups"]]
     return [
         f"optimizer lr (group {i}): checkpoint {old:g}, config {new:g}"

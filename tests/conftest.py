@@ -1,6 +1,3 @@
-import json
-import string
-
 import lightning as L
 import pytest
 import torch
@@ -8,6 +5,7 @@ from tiny_models import save_tiny_detr, save_tiny_llava
 
 from sana_lightning.data.datamodule import ShardDataModule
 from sana_lightning.data.shapes import write_shapes_dataset
+from sana_lightning.inference_scaling.verifier_models import build_clip, clip_tokenizer, minilm_tokenizer
 from sana_lightning.module import SanaFlowModule
 from sana_lightning.text_encoder import TextEncoderConfig
 
@@ -59,52 +57,19 @@ def tiny_dc_ae(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_detector_and_clip(tmp_path_factory):
-    """A randomly initialised DETR (Shapes labels) and CLIP, with processors and tokenizer, saved to disk."""
-    from transformers import (
-        CLIPConfig,
-        CLIPImageProcessor,
-        CLIPModel,
-        CLIPProcessor,
-        CLIPTokenizer,
-    )
-
+    """A randomly initialised DETR (Shapes labels) and CLIP (character-level tokenizer), with processors, saved."""
     root = tmp_path_factory.mktemp("models")
     save_tiny_detr(root / "detr", {0: "circle", 1: "square", 2: "triangle"})
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in string.ascii_lowercase + "-":
-        vocab[ch], vocab[ch + "</w>"] = len(vocab), len(vocab) + 1
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    (root / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"))
-    text = dict(
-        vocab_size=len(vocab),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-    )
-    vision = dict(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
-    )
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(root / "clip")
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(root / "clip")
+    model, processor = build_clip(clip_tokenizer())
+    model.save_pretrained(root / "clip")
+    processor.save_pretrained(root / "clip")
     return root / "detr", root / "clip"
 
 
 @pytest.fixture(scope="session")
 def tiny_vlm(tmp_path_factory):
     """A randomly initialised tiny Llava (CLIP vision + Llama text) with processor and chat template, saved."""
-    from transformers import AutoTokenizer
-
-    from sana_lightning.text_encoder import embedded_text_encoder_path
-
-    tokenizer = AutoTokenizer.from_pretrained(embedded_text_encoder_path())
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    return save_tiny_llava(tmp_path_factory.mktemp("vlm"), tokenizer)
+    return save_tiny_llava(tmp_path_factory.mktemp("vlm"), minilm_tokenizer())
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ from sana_lightning.presets import build_transformer
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 # Partial configs, stacked on base.yaml.
-OVERLAYS = {"tiny.yaml", "came8bit.yaml", "fsdp2.yaml", "precomputed.yaml", "grow.yaml", "recover.yaml"}
+OVERLAYS = {"tiny.yaml", "came8bit.yaml", "fsdp2.yaml", "precomputed.yaml", "grow.yaml", "recover.yaml", "report.yaml"}
 # Configs of data/model commands rather than of `fit`.
 COMMAND_CONFIGS = {"prune.yaml": "prune", "scale.yaml": "scale", "scale_paper.yaml": "scale"}
 # Need GPUs and local production models: parsed, not instantiated.

@@ -181,3 +181,26 @@ def test_validating_a_checkpoint_ignores_the_training_stream_layout(runs, shapes
     monkeypatch.chdir(tmp_path)
     cli = SanaCLI(args=["validate", *args[1:]])
     assert cli.trainer.callback_metrics["val/loss"] > 0
+
+
+def test_a_scheduler_that_sets_the_learning_rate_resumes_with_its_own_config_and_a_changed_peak_is_named(tmp_path):
+    """OneCycleLR starts from max_lr / div_factor (`initial_lr`), not the optimizer's lr: resuming with the same config
+    must pass the learning-rate check; another max_lr must be named."""
+    from functools import partial
+
+    from sana_lightning.module import SanaFlowModule
+    from sana_lightning.resume import configured_learning_rates, learning_rate_differences
+
+    def module(max_lr: float) -> SanaFlowModule:
+        one_cycle = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=max_lr, total_steps=10, div_factor=10)
+        return SanaFlowModule(preset="tiny", optimizer=partial(torch.optim.AdamW, lr=max_lr), lr_scheduler=one_cycle)
+
+    trained = module(1e-3).configure_optimizers()
+    for _ in range(3):
+        trained["optimizer"].step()
+        trained["lr_scheduler"]["scheduler"].step()
+    path = tmp_path / "step3.ckpt"
+    torch.save({"optimizer_states": [trained["optimizer"].state_dict()]}, path)
+    assert configured_learning_rates(module(1e-3)) == [pytest.approx(1e-4)]
+    assert learning_rate_differences(path, module(1e-3)) == []
+    assert learning_rate_differences(path, module(2e-3)) == ["optimizer lr (group 0): checkpoint 0.0001, config 0.0002"]

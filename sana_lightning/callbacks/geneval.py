@@ -4,7 +4,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from sana_lightning.eval.geneval import TASKS, read_metadata, score_image
+from sana_lightning.eval.geneval import first_per_task, read_metadata, score_image
 from sana_lightning.eval.metric import GenEvalScore
 from sana_lightning.factory import make_detector
 from sana_lightning.images import frame, image_grid, to_pil
@@ -37,8 +37,7 @@ class GenEvalCallback(L.Callback):
         self._validations = 0
 
     def setup(self, trainer, pl_module, stage) -> None:
-        records = read_metadata(self.metadata)
-        chosen = [r for tag in TASKS for r in [r for r in records if r["tag"] == tag][: self.prompts_per_task]]
+        chosen = first_per_task(read_metadata(self.metadata), self.prompts_per_task)
         repeated = [r for r in chosen for _ in range(self.images_per_prompt)]
         self.jobs = [(record, self.seed + k) for k, record in enumerate(repeated)]
         self.detector = make_detector(*self.detector_args, device=str(pl_module.device))

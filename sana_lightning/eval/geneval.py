@@ -225,6 +225,11 @@ def read_metadata(path: str | Path) -> list[dict]:
     return [parse_record(line, f"{path}:{number}", fix) for number, line in lines if line.strip()]
 
 
+def first_per_task(records: list[dict], per_task: int) -> list[dict]:
+    """The first `per_task` records of each task, task by task (the prompts GenEval runs during training use)."""
+    return [r for tag in TASKS for r in [r for r in records if r["tag"] == tag][:per_task]]
+
+
 def check_vocabulary(records: Iterable[dict], detector: Detector) -> list[str]:
     """The metadata's classes that `detector` cannot report (such prompts never pass), warned about in one line."""
     wanted = dict.fromkeys(c["class"] for r in records for c in r.get("include", []) + r.get("exclude", []))

@@ -50,7 +50,8 @@ def scale_command(
         prompts: GenEval metadata.jsonl, or a text file with one prompt a line.
         num_candidates: Images generated a prompt (N).
         k: Winners kept a prompt.
-        judge: oracle (GenEval + the Shapes detector), clip or vlm (local models at judge_path).
+        judge: oracle (GenEval + the Shapes detector), clip or vlm (local models at judge_path), or random
+            (coin flips: the lower bound).
         judge_path: Local transformers directory of the clip / vlm judge.
         question: The vlm judge's yes/no question with {prompt} (default: SANA's verifier prompt).
         trust_remote_code: Let a custom-code verifier such as NVILA run its own code.

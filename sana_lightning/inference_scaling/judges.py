@@ -11,6 +11,9 @@ from sana_lightning.eval.geneval import Detector, score_images
 from sana_lightning.inference_scaling.tournament import Verdict
 from sana_lightning.local_paths import local_model_dir
 
+VERIFIER_RECORD = "verifier.json"
+"""What `train-verifier` saves beside a model it trained: held-out accuracies, CLIP's threshold, seeds, steps."""
+
 
 class Judge(Protocol):
     def judge_pairs(self, pairs: list[tuple[str, Image.Image]]) -> list[Verdict]:
@@ -153,17 +156,21 @@ class VLMJudge(PairJudge):
 
 
 class CLIPJudge(PairJudge):
-    """Image-text cosine similarity of a transformers CLIP from a local path; "yes" above `threshold`. Pairs are
-    judged `batch_size` at a time, each batch's images and distinct prompts in one CLIP forward."""
+    """Image-text cosine similarity of a transformers CLIP from a local path; "yes" at or above `threshold` (default:
+    the one in the model's `verifier.json`, written by `train-verifier`, else 0.25). Pairs are judged `batch_size` at
+    a time, each batch's images and distinct prompts in one CLIP forward."""
 
-    def __init__(self, path: str, device: str = "cpu", threshold: float = 0.25, batch_size: int = 32) -> None:
+    def __init__(self, path: str, device: str = "cpu", threshold: float | None = None, batch_size: int = 32) -> None:
         from transformers import AutoModel, AutoProcessor
 
         local_model_dir(path, "CLIP judge path", "set judge_path to a local transformers CLIP model")
         self.processor = AutoProcessor.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).to(device).eval()
         self.device = device
-        self.threshold = threshold
+        record = Path(path) / VERIFIER_RECORD
+        if threshold is None and record.exists():
+            threshold = json.loads(record.read_text()).get("threshold")
+        self.threshold = 0.25 if threshold is None else threshold
         self.batch_size = batch_size
 
     @torch.no_grad()
@@ -198,3 +205,14 @@ class GenEvalOracleJudge(PairJudge):
         images, metadata = [image for _, image in pairs], [self.metadata[prompt] for prompt, _ in pairs]
         scores = score_images(images, metadata, self.detector)  # the Shapes detector: exact and cheap, one by one
         return [Verdict(correct, float(correct), float(not correct)) for correct, _ in scores]
+
+
+class RandomJudge(PairJudge):
+    """Seeded coin flips with random probabilities: the lower bound of selection (any pick is as good as N=1)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def judge_pairs(self, pairs: list[tuple[str, Image.Image]]) -> list[Verdict]:
+        p_yes = torch.rand(len(pairs), generator=self.generator).tolist()
+        return [Verdict(p > 0.5, p, 1 - p) for p in p_yes]
