@@ -31,6 +31,7 @@ COMMANDS = {
     "export": ("sana_lightning.export:export_diffusers", "export a checkpoint as a diffusers model or pipeline"),
     "sweep": ("sana_lightning.sweep:run_sweep", "hyper-parameter sweep of fit runs on Optuna"),
     "memory": ("sana_lightning.memory:memory_report", "GB per GPU (and host GB per rank) of FSDP training a preset"),
+    "train-verifier": ("sana_lightning.inference_scaling.verifier_training:train_verifier", "train a Shapes judge"),
 }
 
 
@@ -42,7 +43,7 @@ def command(name: str):
 
 def usage() -> str:
     rows = [*LIGHTNING_COMMANDS.items(), *((name, summary) for name, (_, summary) in COMMANDS.items())]
-    lines = [f"  {name:<12}{summary}" for name, summary in rows]
+    lines = [f"  {name:<16}{summary}" for name, summary in rows]
     return (
         "usage: python -m sana_lightning.cli COMMAND [--help] [options]\n\n"
         "Lightning commands (--config a.yaml --config b.yaml --trainer.max_steps=100 ...):\n"
