@@ -89,6 +89,22 @@ def pil_generator(module: "SanaFlowModule", **options) -> Callable[[list[str], l
     return lambda prompts, seeds: [to_pil(image) for image in module.generate(prompts, seeds, **options)]
 
 
+def geneval_shapes(module: "SanaFlowModule", prompts_per_task: int, images_per_prompt: int) -> dict:
+    """GenEval-Shapes summary of `module` (EMA weights when kept) on the first `prompts_per_task` evaluation scenes
+    of each task, `images_per_prompt` seeds (0, 1, ...) each, scored by the exact detector."""
+    from sana_lightning.data.shapes import evaluation_scenes
+    from sana_lightning.eval.geneval import ImageResult, score_images, summarize
+    from sana_lightning.eval.shapes_detector import ShapesDetector
+
+    records = [s.metadata() for s in evaluation_scenes(prompts_per_task, module.hparams.image_size)]
+    repeated = [r for r in records for _ in range(images_per_prompt)]
+    images = pil_generator(module)([r["prompt"] for r in repeated], list(range(len(repeated))))
+    scores = score_images(images, repeated, ShapesDetector())
+    return summarize(
+        [ImageResult(r["tag"], i // images_per_prompt, ok) for i, (r, (ok, _)) in enumerate(zip(repeated, scores))]
+    )
+
+
 def report(name: str, rows: list[dict], **extra) -> Path:
     """Print `rows` as a markdown table and save them with the command that made them."""
     table = markdown_table(rows)

@@ -13,7 +13,7 @@ import numpy as np
 from benchmarks.common import RESULTS, report
 from sana_lightning.checkpoints import read_checkpoint, resolve_path
 from sana_lightning.data.shapes import COLORS, SHAPES, dominant_color
-from sana_lightning.images import image_grid, save_png, to_pil
+from sana_lightning.images import captioned_grid, frame, to_pil
 from sana_lightning.module import SanaFlowModule
 
 
@@ -35,7 +35,8 @@ def main() -> None:
     total = sum(r["correct"] for r in rows)
     rows.append({"colour": "all", "correct": total, "total": len(drawn), "accuracy": total / len(drawn)})
     report("demo_colors", rows, checkpoint=checkpoint, step=read_checkpoint(checkpoint)["global_step"])
-    save_png(image_grid(images, columns=2 * args.seeds * len(SHAPES) // 2), RESULTS / "demo_colors.png", scale=3)
+    good = [d == c for (c, _), d in zip(requests, drawn)]  # framed green where the requested colour is drawn
+    captioned_grid(frame(images, good), prompts, columns=args.seeds * len(SHAPES)).save(RESULTS / "demo_colors.png")
     print(f"requested colour drawn: {total}/{len(drawn)} = {total / len(drawn):.1%} ({checkpoint})")
 
 

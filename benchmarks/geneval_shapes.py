@@ -4,16 +4,21 @@
 
 The same pipeline the `generate` and `geneval` commands run: GenEval's folder layout, the exact Shapes detector,
 GenEval's rules and summary. Prompts: the seeded Shapes evaluation scenes (as in data/shapes/metadata.jsonl).
+Writes `geneval_shapes.png`: the model's first image of 4 prompts a task, each prompt under its image, framed green
+where GenEval-Shapes passes it and red where it does not.
 """
 
 import argparse
 import tempfile
 
-from benchmarks.common import pil_generator, report
+import torch
+
+from benchmarks.common import RESULTS, pil_generator, report
 from sana_lightning.data.shapes import evaluation_scenes, render
-from sana_lightning.eval.folder import score_folder, write_folder
+from sana_lightning.eval.folder import load_sample, score_folder, write_folder
 from sana_lightning.eval.geneval import TASKS, format_summary, summarize
 from sana_lightning.eval.shapes_detector import ShapesDetector
+from sana_lightning.images import captioned_grid, frame, pil_to_tensor
 from sana_lightning.module import SanaFlowModule
 
 
@@ -33,8 +38,15 @@ def main() -> None:
         truth = lambda prompts, seeds: [render(by_prompt[p].objects, module.hparams.image_size) for p in prompts]  # noqa: E731
         for name, generate in (("ground truth", truth), ("model", pil_generator(module))):
             folder = write_folder(f"{tmp}/{name.replace(' ', '_')}", records, args.images_per_prompt, generate)
-            summaries[name] = summarize(score_folder(folder, detector))
+            results = score_folder(folder, detector)
+            summaries[name] = summarize(results)
             print(f"\n{name}\n{format_summary(summaries[name])}")
+        # The model's first image of the first 4 prompts a task, framed green where the detector passes it.
+        shown = [i for i, r in enumerate(records) if i % args.prompts_per_task < 4]
+        images = torch.stack([pil_to_tensor(load_sample(folder / f"{i:05d}/samples/0000.png")) for i in shown]) / 255
+        passed = [results[i * args.images_per_prompt].correct for i in shown]
+        grid = captioned_grid(frame(images, passed), [records[i]["prompt"] for i in shown], columns=8)
+        grid.save(RESULTS / "geneval_shapes.png")
     rows = [
         {"images": name, **{tag: s["tasks"][tag]["accuracy"] for tag in TASKS}, "overall": s["overall"]}
         for name, s in summaries.items()

@@ -1,10 +1,8 @@
 """Image helpers: tensors in [0, 1] to grids and PNG files (no torchvision needed)."""
 
-from pathlib import Path
-
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 
 def image_grid(images: torch.Tensor, columns: int = 8, padding: int = 2) -> torch.Tensor:
@@ -19,18 +17,39 @@ def image_grid(images: torch.Tensor, columns: int = 8, padding: int = 2) -> torc
     return grid
 
 
+def captioned_grid(
+    images: torch.Tensor, captions: list[str], columns: int = 8, scale: int = 4, lines: int = 3
+) -> Image.Image:
+    """`[N, 3, H, W]` in [0, 1] -> a PIL grid of the images enlarged `scale` times (nearest), each caption written
+    under its image (wrapped at words to the image's width, at most `lines` lines, clipped to its cell)."""
+    if len(captions) != len(images):
+        raise ValueError(f"{len(captions)} captions for {len(images)} images: give one caption per image")
+    font = ImageFont.load_default(size=11)
+    cells = [to_pil(image, scale) for image in images]
+    width, height = cells[0].width, cells[0].height + 13 * lines + 4
+    columns = max(1, min(columns, len(cells)))
+    rows = -(-len(cells) // columns)
+    grid = Image.new("RGB", (columns * (width + 4) + 4, rows * (height + 4) + 4), "white")
+    for i, (image, caption) in enumerate(zip(cells, captions)):
+        wrapped: list[str] = []
+        for word in caption.split():
+            if wrapped and font.getlength(f"{wrapped[-1]} {word}") <= width:
+                wrapped[-1] += f" {word}"
+            else:
+                wrapped.append(word)
+        text = Image.new("RGB", (width, height - image.height), "white")
+        ImageDraw.Draw(text).multiline_text((0, 2), "\n".join(wrapped[:lines]), fill="black", font=font, spacing=2)
+        left, top = 4 + (i % columns) * (width + 4), 4 + (i // columns) * (height + 4)
+        grid.paste(image, (left, top))
+        grid.paste(text, (left, top + image.height))
+    return grid
+
+
 def to_pil(image: torch.Tensor, scale: int = 1) -> Image.Image:
     """`[3, H, W]` in [0, 1] -> PIL image, optionally enlarged (nearest) `scale` times for viewing."""
     array = (image.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
     pil = Image.fromarray(array)
     return pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST) if scale > 1 else pil
-
-
-def save_png(image: torch.Tensor, path: str | Path, scale: int = 1) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    to_pil(image, scale).save(path)
-    return path
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

@@ -5,7 +5,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from sana_lightning.images import image_grid, save_png
+from sana_lightning.images import captioned_grid, image_grid
 
 DEFAULT_PROMPTS = (
     "a photo of a red circle",
@@ -22,7 +22,8 @@ DEFAULT_PROMPTS = (
 class SampleGrid(L.Callback):
     """Every `every_n_steps` optimizer steps (and at the end of training) draw one image per prompt (fixed seeds)
     with the module's sampler and EMA weights; log the grid and its prompts to TensorBoard and save it as PNG in the
-    TensorBoard run's `samples/`. Without a TensorBoard logger (as under fast_dev_run) it draws nothing."""
+    TensorBoard run's `samples/`, each prompt under its image. Without a TensorBoard logger (as under fast_dev_run) it
+    draws nothing."""
 
     def __init__(
         self, prompts: list[str] | None = None, every_n_steps: int = 250, seed: int = 0, columns: int = 8
@@ -51,7 +52,8 @@ class SampleGrid(L.Callback):
         tensorboard.experiment.add_image("samples", grid, trainer.global_step)
         legend = "\n".join(f"{i}. {p}" for i, p in enumerate(self.prompts))
         tensorboard.experiment.add_text("samples/prompts", legend, trainer.global_step)
-        save_png(grid, directory / f"step_{trainer.global_step:07d}.png", scale=4)
+        directory.mkdir(parents=True, exist_ok=True)
+        captioned_grid(images, self.prompts, self.columns).save(directory / f"step_{trainer.global_step:07d}.png")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and trainer.global_step > 0:
