@@ -106,16 +106,9 @@ def main() -> None:
                     )
                     print(rows[-1], flush=True)
     if args.baseline:
-        baseline = SanaFlowModule.from_checkpoint(resolve_path(args.baseline))
-        label = f"{len(baseline.transformer.transformer_blocks)}, never pruned"
-        rows.append(
-            row(
-                label,
-                f"+{args.baseline_steps} steps",
-                "no",
-                *recover(resolve_path(args.baseline), None, settings, args.baseline_steps),
-            )
-        )
+        before, module, after = recover(resolve_path(args.baseline), None, settings, args.baseline_steps)
+        label = f"{len(module.transformer.transformer_blocks)}, never pruned"
+        rows.append(row(label, f"+{args.baseline_steps} steps", "no", before, module, after))
         print(rows[-1], flush=True)
     report("pruning", rows, checkpoint=checkpoint, unpruned=unpruned, baseline=args.baseline)
     plot(rows, targets, depth, args.recovery_steps)
