@@ -42,7 +42,8 @@ STEPS = {
         "growth": f"-m benchmarks.growth_vs_scratch --source {MODEL} --steps 150 --eval-every 15",
         "CAME-8bit": "-m benchmarks.optimizer_memory --train-steps 100",
         "grown model": f"-m sana_lightning.cli fit --config configs/base.yaml --config configs/report.yaml "
-        f"--config configs/grow.yaml --model.init_args.pretrained {MODEL} --trainer.max_steps {GROWN_STEPS}",
+        f"--config configs/grow.yaml --model.init_args.pretrained {MODEL} --trainer.max_steps {GROWN_STEPS} "
+        f"--model.init_args.lr_scheduler.init_args.total_steps {GROWN_STEPS}",  # report.yaml's cycle, shortened
         "pruning": f"-m benchmarks.pruning --checkpoint {GROWN} --targets 6 12 --recovery-steps 100 "
         f"--baseline {MODEL} --baseline-steps {GROWN_STEPS + 100}",
         "inference scaling": f"-m benchmarks.inference_scaling --checkpoint {MODEL} --prompts-per-task 8 --max-n 32 "

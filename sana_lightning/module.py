@@ -27,6 +27,7 @@ from sana_lightning.materialize import copy_local_parts
 from sana_lightning.nonfinite import NonFiniteGuard
 from sana_lightning.resume import repair_epoch_end_checkpoint
 from sana_lightning.sampling import SamplerConfig, denoise, initial_noise
+from sana_lightning.schedules import check_schedule_length
 from sana_lightning.sharding import ShardingConfig, is_sharded, mesh_device, shard_transformer
 from sana_lightning.text_encoder import TextEncoderConfig
 
@@ -223,6 +224,7 @@ class SanaFlowModule(FrozenCodecs, NonFiniteGuard, L.LightningModule):
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
+        check_schedule_length(scheduler, self._trainer.max_steps if self._trainer is not None else -1)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------------------------------------ checkpoints

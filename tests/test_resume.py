@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from resume_helpers import logged
@@ -204,3 +205,24 @@ def test_a_scheduler_that_sets_the_learning_rate_resumes_with_its_own_config_and
     assert configured_learning_rates(module(1e-3)) == [pytest.approx(1e-4)]
     assert learning_rate_differences(path, module(1e-3)) == []
     assert learning_rate_differences(path, module(2e-3)) == ["optimizer lr (group 0): checkpoint 0.0001, config 0.0002"]
+
+
+def test_a_one_cycle_schedule_shorter_than_the_run_fails_at_the_start_and_a_longer_one_warns(tmp_path):
+    """report.yaml's `total_steps: ${trainer.max_steps}` is fixed when the file is read, before a command-line
+    `--trainer.max_steps`: a shorter schedule would fail at its last step, a longer one would never anneal."""
+    from functools import partial
+
+    from sana_lightning.module import SanaFlowModule
+
+    def fit(total_steps: int, max_steps: int) -> SanaFlowModule:
+        one_cycle = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=1e-3, total_steps=total_steps)
+        module = SanaFlowModule(preset="tiny", optimizer=partial(torch.optim.AdamW, lr=1e-3), lr_scheduler=one_cycle)
+        trainer = L.Trainer(max_steps=max_steps, logger=False, enable_checkpointing=False, default_root_dir=tmp_path)
+        module.trainer = trainer
+        return module.configure_optimizers()
+
+    with pytest.raises(ValueError, match="ends at step 3, before max_steps 5: set --model.init_args.lr_scheduler"):
+        fit(3, 5)
+    with pytest.warns(UserWarning, match="runs 8 steps but training stops at 5: set .*total_steps 5"):
+        fit(8, 5)
+    assert fit(5, 5)["lr_scheduler"]["scheduler"].total_steps == 5

@@ -102,8 +102,10 @@ def dequantize(
     codebook: Codebook,
     max_block: int = 2048,
     out: torch.Tensor | None = None,
+    index: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """fp32 values of `quantize`'s output (written into `out` when given)."""
+    """fp32 values of `quantize`'s output (written into `out` when given; `index`: reused int32 work memory of the
+    codes' size for the CPU lookup, where fresh memory costs page faults)."""
     block = block_size(codes.shape[-1], max_block)
     padded = _padded(codes, block)
     if padded.is_cuda:
@@ -112,7 +114,9 @@ def dequantize(
         values = bnb.dequantize_blockwise(padded, absmax=absmax.flatten(), code=codebook.values, blocksize=block)
     else:
         target = out if out is not None and padded is codes else torch.empty(padded.shape, device=codes.device)
-        values = torch.index_select(codebook.values, 0, padded.flatten().int(), out=target.view(-1)).view(padded.shape)
+        fresh = index is None or padded is not codes
+        positions = padded.flatten().int() if fresh else index.view(-1).copy_(padded.flatten())
+        values = torch.index_select(codebook.values, 0, positions, out=target.view(-1)).view(padded.shape)
         values.view(*absmax.shape, block).mul_(absmax.unsqueeze(-1))
     values = values[..., : codes.shape[-1]]
     return values if out is None or values.data_ptr() == out.data_ptr() else out.copy_(values)

@@ -232,7 +232,8 @@ class CAME8bit(CAME):
         if self.quantization == "minmax":
             return dequantize_minmax(codes, *scales, QUANT_BLOCKSIZE)
         out = self._workspace.buffer("exp_avg", codes.shape, torch.float32, codes.device)
-        return dequantize(codes, *scales, dynamic_codebook(codes.device), QUANT_BLOCKSIZE, out=out)
+        index = self._workspace.buffer("codes", codes.shape, torch.int32, codes.device)
+        return dequantize(codes, *scales, dynamic_codebook(codes.device), QUANT_BLOCKSIZE, out=out, index=index)
 
     def _write_exp_avg(self, states: list[dict], exp_avg: torch.Tensor) -> None:
         """Quantise the updated first moment into the states (`exp_avg`'s memory is reused as work memory)."""
