@@ -76,18 +76,19 @@ def main() -> None:
     unpruned = {"loss": val_loss(trainer, source, data), "geneval": geneval(source)}
     print(f"unpruned ({depth} blocks): {unpruned}", flush=True)
 
-    def row(depth_label: str, criterion: str, distill: str, before: float, module, after: float) -> dict:
+    def row(depth_label: str, criterion: str, distill: str, steps: int, before: float, module, after: float) -> dict:
         score = geneval(module)
         return {
             "depth": depth_label,
             "criterion": criterion,
             "distill": distill,
+            "fine-tune steps": steps,
             "val loss pruned": before,
-            f"val loss +{args.recovery_steps}": after,
-            f"GenEval +{args.recovery_steps}": score,
+            "val loss tuned": after,
+            "GenEval tuned": score,
             "kept loss pruned": unpruned["loss"] / before,
-            f"kept loss +{args.recovery_steps}": unpruned["loss"] / after,
-            f"kept GenEval +{args.recovery_steps}": score / unpruned["geneval"] if unpruned["geneval"] else None,
+            "kept loss tuned": unpruned["loss"] / after,
+            "kept GenEval tuned": score / unpruned["geneval"] if unpruned["geneval"] else None,
         }
 
     rows = []
@@ -101,6 +102,7 @@ def main() -> None:
                             f"{depth}->{target}",
                             criterion,
                             distill,
+                            args.recovery_steps,
                             *recover(str(pruned), teacher, settings, args.recovery_steps),
                         )
                     )
@@ -108,7 +110,7 @@ def main() -> None:
     if args.baseline:
         before, module, after = recover(resolve_path(args.baseline), None, settings, args.baseline_steps)
         label = f"{len(module.transformer.transformer_blocks)}, never pruned"
-        rows.append(row(label, f"+{args.baseline_steps} steps", "no", before, module, after))
+        rows.append(row(label, "-", "no", args.baseline_steps, before, module, after))
         print(rows[-1], flush=True)
     report("pruning", rows, checkpoint=checkpoint, unpruned=unpruned, baseline=args.baseline)
     plot(rows, targets, depth, args.recovery_steps)
@@ -121,8 +123,8 @@ def plot(rows: list[dict], targets: list[int], depth: int, steps: int) -> None:
         chosen = [r for r in rows if r["depth"] == f"{depth}->{target}"]
         labels = [r["criterion"] + ("+distill" if r["distill"] == "yes" else "") for r in chosen]
         x = range(len(chosen))
-        axis.bar([i - 0.2 for i in x], [r[f"kept GenEval +{steps}"] or 0 for r in chosen], 0.4, label="GenEval kept")
-        axis.bar([i + 0.2 for i in x], [r[f"kept loss +{steps}"] for r in chosen], 0.4, label="loss kept")
+        axis.bar([i - 0.2 for i in x], [r["kept GenEval tuned"] or 0 for r in chosen], 0.4, label="GenEval kept")
+        axis.bar([i + 0.2 for i in x], [r["kept loss tuned"] for r in chosen], 0.4, label="loss kept")
         axis.axhline(0.95, color="grey", linestyle=":")
         axis.set_xticks(list(x), labels, rotation=30)
         axis.set(title=f"{depth} -> {target} blocks, +{steps} steps", ylabel="kept (1.0 = unpruned)")
