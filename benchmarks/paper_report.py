@@ -44,7 +44,7 @@ STEPS = {
         "grown model": f"-m sana_lightning.cli fit --config configs/base.yaml --config configs/report.yaml "
         f"--config configs/grow.yaml --model.init_args.pretrained {MODEL} --trainer.max_steps {GROWN_STEPS} "
         f"--model.init_args.lr_scheduler.init_args.total_steps {GROWN_STEPS} "  # report.yaml's cycle, shortened
-        f"--data.init_args.batches_per_epoch {GROWN_STEPS}",  # one epoch: validation and GenEval at the end
+        f"--data.init_args.batches_per_epoch {GROWN_STEPS}",  # one epoch: it validates at its end
         "pruning": f"-m benchmarks.pruning --checkpoint {GROWN} --targets 6 12 --recovery-steps 100 "
         f"--baseline {MODEL} --baseline-steps {GROWN_STEPS + 100}",
         "inference scaling": f"-m benchmarks.inference_scaling --checkpoint {MODEL} --prompts-per-task 8 --max-n 32 "
