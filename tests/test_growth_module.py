@@ -1,9 +1,11 @@
+import csv
 import json
 
 import lightning as L
 import pytest
 import torch
 from diffusers import SanaTransformer2DModel
+from lightning.pytorch.loggers import CSVLogger
 from test_module import CONFIGS
 
 from sana_lightning.checkpoints import load_checkpoint_transformer
@@ -44,16 +46,25 @@ def test_grown_module_starts_as_the_source_ema_model(tiny_checkpoint):
     assert torch.equal(raw.proj_out.weight, checkpoint["state_dict"]["transformer.proj_out.weight"])
 
 
-def test_growth_trains_and_logs_block_update_norms(tiny_checkpoint, shapes_dir):
+def test_growth_trains_and_logs_block_update_norms_at_the_steps_they_were_measured(
+    tiny_checkpoint, shapes_dir, tmp_path
+):
     module = growth_module(
-        tiny_checkpoint, growth={"target_layers": 6, "drop_last": 2}, log_block_norms_every_n_steps=1
+        tiny_checkpoint, growth={"target_layers": 6, "drop_last": 2}, log_block_norms_every_n_steps=2
     )
     trainer = L.Trainer(
-        max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False
+        max_steps=4,
+        accelerator="cpu",
+        logger=CSVLogger(tmp_path, name="", version=""),
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
     )
-    trainer.fit(module, ShardDataModule(f"{shapes_dir}/train-*.tar", batch_size=4, batches_per_epoch=2, num_workers=0))
-    metrics = trainer.callback_metrics
-    assert set(k for k in metrics if k.startswith("blocks/")) == {
+    trainer.fit(module, ShardDataModule(f"{shapes_dir}/train-*.tar", batch_size=4, batches_per_epoch=4, num_workers=0))
+    with open(tmp_path / "metrics.csv") as file:
+        rows = [r for r in csv.DictReader(file) if r.get("blocks/update_norm/00_src0")]
+    names = {k for k in rows[0] if k.startswith("blocks/")}
+    assert names == {
         "blocks/update_norm/00_src0",
         "blocks/update_norm/01_src1",
         "blocks/update_norm/02_new",
@@ -61,9 +72,13 @@ def test_growth_trains_and_logs_block_update_norms(tiny_checkpoint, shapes_dir):
         "blocks/update_norm/04_new",
         "blocks/update_norm/05_new",
     }
-    assert metrics["blocks/update_norm/00_src0"] > 0.01
-    # After one step the new blocks have just left the identity: small but non-zero updates.
-    assert 0 < metrics["blocks/update_norm/05_new"] < metrics["blocks/update_norm/00_src0"]
+    # Measured at steps 0 and 2 only: no stale copies at the logging steps 1 and 3 between them.
+    assert [int(r["step"]) for r in rows] == [0, 2]
+    first, later = ({k: float(r[k]) for k in names} for r in rows)
+    assert first["blocks/update_norm/00_src0"] > 0.01
+    assert first["blocks/update_norm/05_new"] == 0  # identity-initialised: the block leaves its input unchanged
+    # After two steps the new blocks have just left the identity: small but non-zero updates.
+    assert 0 < later["blocks/update_norm/05_new"] < later["blocks/update_norm/00_src0"]
 
 
 def test_preserved_blocks_can_train_with_a_smaller_learning_rate(tiny_checkpoint):
