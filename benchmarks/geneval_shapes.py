@@ -46,6 +46,7 @@ def main() -> None:
         images = torch.stack([pil_to_tensor(load_sample(folder / f"{i:05d}/samples/0000.png")) for i in shown]) / 255
         passed = [results[i * args.images_per_prompt].correct for i in shown]
         grid = captioned_grid(frame(images, passed), [records[i]["prompt"] for i in shown], columns=8)
+        RESULTS.mkdir(parents=True, exist_ok=True)  # before `report` makes it: this runs first on a fresh checkout
         grid.save(RESULTS / "geneval_shapes.png")
     rows = [
         {"images": name, **{tag: s["tasks"][tag]["accuracy"] for tag in TASKS}, "overall": s["overall"]}
