@@ -98,7 +98,11 @@ def test_saved_verifiers_load_in_their_judges_from_the_path(kind, metadata, tmp_
     judge = CLIPJudge(str(out)) if kind == "clip" else VLMJudge(str(out))
     example = next(examples(9, held_out=True))
     verdicts = judge.judge([example.image, example.image], example.positive.text)
-    assert len(verdicts) == 2 and verdicts[0] == verdicts[1]
+    # The same image twice in one batch: the same answer; its probabilities may differ in the last bits where the
+    # CPU's matmul kernels treat batch rows differently (the CI machine's did, by ~1e-6 relative).
+    first, second = verdicts
+    assert first.yes == second.yes
+    assert (second.p_yes, second.p_no) == pytest.approx((first.p_yes, first.p_no), rel=1e-4, abs=1e-7)
     if kind == "clip":
         assert judge.threshold == summary["threshold"]
 
