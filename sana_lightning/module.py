@@ -94,10 +94,13 @@ class SanaFlowModule(FrozenCodecs, NonFiniteGuard, L.LightningModule):
         autoencoder = _config(AutoencoderConfig, autoencoder)
         self.flow = _config(FlowConfig, flow)
         self.sampler = _config(SamplerConfig, sampler)
+        if self.sampler.shift is None:
+            self.sampler = replace(self.sampler, shift=self.flow.shift)
         self.sharding = _config(ShardingConfig, sharding)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         # Plain dicts in the hyper-parameters (also those of subclasses) keep checkpoints `weights_only` loadable.
         self.hparams.update({k: asdict(v) for k, v in self.hparams.items() if is_dataclass(v)})
+        self.hparams["sampler"] = asdict(self.sampler)  # the shift it samples at, as checkpoints before `null` saved
         self.setup_codecs(text_encoder, autoencoder)
         growth = _config(GrowthConfig, growth) if growth is not None else None
         source = TransformerSource(preset, transformer, pretrained, pretrained_weights, growth)

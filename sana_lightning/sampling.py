@@ -18,8 +18,8 @@ class SamplerConfig:
     steps: int = 20
     guidance_scale: float = 4.5
     """Classifier-free guidance weight; 1.0 turns guidance (and the unconditional pass) off."""
-    shift: float = 3.0
-    """Flow shift of the sampling schedule; keep it equal to the training shift."""
+    shift: float | None = 3.0
+    """Flow shift of the sampling schedule; keep it equal to the training shift (None: the module's `flow.shift`)."""
 
 
 def make_scheduler(config: SamplerConfig) -> FlowMatchEulerDiscreteScheduler | DPMSolverMultistepScheduler:

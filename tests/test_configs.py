@@ -6,6 +6,7 @@ from pathlib import Path
 import docstring_parser
 import pytest
 import torch
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from sana_lightning.cli import COMMANDS, command, main
@@ -69,6 +70,20 @@ def test_every_config_parses_against_the_code(config, small_source, small_diffus
             args.append(f"--model.init_args.{key}={value}")
     cli = SanaCLI(args=args, run=False)
     assert isinstance(cli.model, SanaFlowModule) and cli.trainer is not None
+
+
+def test_the_sampler_follows_a_command_line_flow_shift_and_overlays_keep_the_schedule(capsys):
+    """base.yaml's sampler takes the flow's shift (it used to copy the file's by interpolation: a run with
+    `--model.init_args.flow.shift 3` sampled at shift 1), and grow.yaml stacked on report.yaml keeps its one-cycle."""
+    args = [f"--config={CONFIGS / name}" for name in ("base.yaml", "report.yaml")] + ["--model.init_args.flow.shift=3"]
+    cli = SanaCLI(args=args, run=False)
+    assert cli.model.sampler.shift == 3.0 and cli.model.flow.shift == 3.0
+    assert cli.model.hparams["sampler"]["shift"] == 3.0  # saved resolved: checkpoints resume and load as before
+    with pytest.raises(SystemExit):
+        SanaCLI(args=["fit", *args, f"--config={CONFIGS / 'grow.yaml'}", "--print_config"])
+    model = yaml.safe_load(capsys.readouterr().out)["model"]
+    assert model["class_path"].endswith("GrowthModule")
+    assert model["init_args"]["lr_scheduler"]["init_args"]["max_lr"] == 0.002
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
