@@ -157,7 +157,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     seconds = run_steps(out, args.retrain, args.only)
-    for name in ("growth_vs_scratch", "pruning", "inference_scaling"):
+    for name in ("geneval_shapes", "growth_vs_scratch", "pruning", "inference_scaling"):
         shutil.copy(RESULTS / f"{name}.png", out / f"{name}.png")
     memory_figure(out / "optimizer_memory.png")
     tables = "\n\n".join(
@@ -172,11 +172,14 @@ def main() -> None:
         )
     )
     timing = "\n".join(f"- {name}: {s / 60:.1f} min (`python {' '.join(STEPS[name])}`)" for name, s in seconds.items())
+    if "report model" not in seconds:
+        timing = f"- report model: not retrained, `{resolve_path(MODEL)}` (`--retrain` trains it)\n{timing}"
     total = sum(seconds.values()) / 60
     table = markdown_table(claims())
     (out / "README.md").write_text(
         f"# SANA 1.5's claims on the Shapes domain\n\n`python -m benchmarks.paper_report` ({total:.0f} min)\n\n"
-        f"{table}\n\n![growth](growth_vs_scratch.png)\n![memory](optimizer_memory.png)\n"
+        f"{table}\n\n![report model samples, framed green where the detector passes them](geneval_shapes.png)\n"
+        f"![growth](growth_vs_scratch.png)\n![memory](optimizer_memory.png)\n"
         f"![pruning](pruning.png)\n![inference scaling](inference_scaling.png)\n\n## Steps\n\n{timing}\n\n"
         f"## Tables\n\n{tables}\n"
     )

@@ -11,10 +11,12 @@ without. Scores: GenEval-Shapes (N=1; `--prompts-per-task` x `--images-per-promp
 fixed-noise validation loss; "kept" = pruned GenEval / unpruned GenEval and unpruned loss / loss (1.0 = as good as
 unpruned). `--baseline`: a model of a target depth that was never grown or pruned (the report model), fine-tuned the
 same way (no teacher) for `--baseline-steps` steps, so that its total steps equal the growth + pruning path's.
+Criteria that remove the same blocks share one (seeded, so identical) recovery: their rows are equal.
 Goal: 18 -> 6, +100 steps, distilled: GenEval kept >= 0.95, ahead of random and of the same-depth baseline.
 """
 
 import argparse
+import json
 import tempfile
 
 import matplotlib
@@ -91,11 +93,16 @@ def main() -> None:
             "kept GenEval tuned": score / unpruned["geneval"] if unpruned["geneval"] else None,
         }
 
-    rows = []
+    rows, recovered = [], {}  # recovered: the rows of each (target, removed blocks) already fine-tuned
     with tempfile.TemporaryDirectory() as tmp:
         for target in targets:
             for criterion in CRITERIA:
                 pruned = prune_checkpoint(checkpoint, f"{tmp}/{target}-{criterion}", target, criterion, batch_size=32)
+                removed = (target, *json.loads((pruned / "prune.json").read_text())["removed"])
+                if removed in recovered:  # the same blocks: the same (seeded) recovery, so its rows are reused
+                    rows += [r | {"criterion": criterion} for r in recovered[removed]]
+                    print(f"{criterion}: the blocks of {recovered[removed][0]['criterion']}, rows reused", flush=True)
+                    continue
                 for distill, teacher in (("yes", checkpoint), ("no", None)):
                     rows.append(
                         row(
@@ -107,6 +114,7 @@ def main() -> None:
                         )
                     )
                     print(rows[-1], flush=True)
+                recovered[removed] = rows[-2:]
     if args.baseline:
         before, module, after = recover(resolve_path(args.baseline), None, settings, args.baseline_steps)
         label = f"{len(module.transformer.transformer_blocks)}, never pruned"
