@@ -103,8 +103,9 @@ def main() -> None:
                     rows += [r | {"criterion": criterion} for r in recovered[removed]]
                     print(f"{criterion}: the blocks of {recovered[removed][0]['criterion']}, rows reused", flush=True)
                     continue
+                recovered[removed] = []
                 for distill, teacher in (("yes", checkpoint), ("no", None)):
-                    rows.append(
+                    recovered[removed].append(
                         row(
                             f"{depth}->{target}",
                             criterion,
@@ -113,8 +114,8 @@ def main() -> None:
                             *recover(str(pruned), teacher, settings, args.recovery_steps),
                         )
                     )
-                    print(rows[-1], flush=True)
-                recovered[removed] = rows[-2:]
+                    print(recovered[removed][-1], flush=True)
+                rows += recovered[removed]
     if args.baseline:
         before, module, after = recover(resolve_path(args.baseline), None, settings, args.baseline_steps)
         label = f"{len(module.transformer.transformer_blocks)}, never pruned"
