@@ -8,7 +8,9 @@ the same images. Judges: a VLM verifier and a CLIP from local directories (for t
 Shapes, never shown an evaluation prompt), random (lower bound) and the GenEval oracle (the exact detector that
 scores the result: upper bound). Selection: SANA's knockout tournament and best-of-N by p(yes). Zero-order search
 (perturb the best noise so far, keep what the VLM judge prefers) runs at the same number of generated and judged
-images. Every selected image is scored by the exact detector with GenEval's rules. Goal: VLM tournament at N=16 >=
+images. Every selected image is scored by the exact detector with GenEval's rules. "ranking AUC": how often a judge
+scores a candidate that passes above one of the same prompt that fails (0.5: chance, 1: the oracle), on all
+candidates, a steadier measure of a judge than the curve's few prompts. Goal: VLM tournament at N=16 >=
 N=1 + 15 points, with >= 60% of the oracle's gain.
 """
 
@@ -34,6 +36,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 def geneval(records: list[dict], correct: list[bool]) -> dict:
     """GenEval's summary of one selected image a prompt."""
     return summarize([ImageResult(r["tag"], i, c) for i, (r, c) in enumerate(zip(records, correct))])
+
+
+def ranking_auc(scores: list[float], correct: list[bool], n: int) -> float:
+    """How often a passing candidate scores above a failing one of the same prompt (`n` a prompt; ties count half)."""
+    wins = []
+    for start in range(0, len(scores), n):
+        own = list(zip(scores[start : start + n], correct[start : start + n]))
+        wins += [(hit > miss) + 0.5 * (hit == miss) for hit, ok in own if ok for miss, bad in own if not bad]
+    return sum(wins) / len(wins) if wins else float("nan")
 
 
 def main() -> None:
@@ -94,7 +105,15 @@ def main() -> None:
         chosen = [steps[n - 1].image for steps in history]
         curve[n] = geneval(records, [ok for ok, _ in score_images(chosen, records, detector)])
 
-    rows = [{"judge, selection": name, **{f"N={n}": s["overall"] for n, s in c.items()}} for name, c in curves.items()]
+    auc = {name: ranking_auc([v.p_yes for v in verdicts[name]], correct, n_max) for name in judges}
+    rows = [
+        {
+            "judge, selection": name,
+            **{f"N={n}": s["overall"] for n, s in c.items()},
+            "ranking AUC": auc.get(name.removesuffix(", tournament").removesuffix(", best_of_n"), "-"),
+        }
+        for name, c in curves.items()
+    ]
     n16 = 16 if 16 in sizes else sizes[-1]
     vlm, oracle = curves["VLM, tournament"], curves["oracle, tournament"]
     gain, oracle_gain = vlm[n16]["overall"] - vlm[1]["overall"], oracle[n16]["overall"] - oracle[1]["overall"]

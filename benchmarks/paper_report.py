@@ -133,7 +133,8 @@ def claims() -> list[dict]:
             "paper (SANA 1.5)": "GenEval 0.72 -> 0.80 with a VLM judge over many samples",
             "here (Shapes, CPU)": f"GenEval-Shapes {vlm['N=1']:.2f} (N=1) -> {vlm[largest]:.2f} ({largest}), "
             f"VLM judge, knockout tournament (oracle: {oracle[largest]:.2f}, random: "
-            f"{scaling['random, tournament'][largest]:.2f})",
+            f"{scaling['random, tournament'][largest]:.2f}; the VLM scores a passing candidate above a failing one "
+            f"of the same prompt {vlm['ranking AUC']:.0%} of the time)",
         },
     ]
 
