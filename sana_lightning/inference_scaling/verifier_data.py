@@ -92,10 +92,6 @@ class VerifierExample:
     negative: Caption
     kind: str
 
-    def pairs(self) -> list[tuple[str, Image.Image, bool, str]]:
-        """(caption, image, label, kind) of the positive ("positive") and the negative."""
-        return [(self.positive.text, self.image, True, "positive"), (self.negative.text, self.image, False, self.kind)]
-
 
 def holds(caption: Caption, scene: Scene) -> bool:
     """Whether the caption is true of the scene, by GenEval's rules on the scene's exact objects."""
