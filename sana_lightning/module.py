@@ -93,9 +93,7 @@ class SanaFlowModule(FrozenCodecs, NonFiniteGuard, L.LightningModule):
         text_encoder = _config(TextEncoderConfig, text_encoder)
         autoencoder = _config(AutoencoderConfig, autoencoder)
         self.flow = _config(FlowConfig, flow)
-        self.sampler = _config(SamplerConfig, sampler)
-        if self.sampler.shift is None:
-            self.sampler = replace(self.sampler, shift=self.flow.shift)
+        self.sampler = _config(SamplerConfig, sampler).with_default_shift(self.flow.shift)
         self.sharding = _config(ShardingConfig, sharding)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         # Plain dicts in the hyper-parameters (also those of subclasses) keep checkpoints `weights_only` loadable.
@@ -284,7 +282,7 @@ class SanaFlowModule(FrozenCodecs, NonFiniteGuard, L.LightningModule):
         `noise[i]` when given (`[N, C, h, w]` latents, e.g. a search's perturbed noise)."""
         if noise is not None and len(noise) != len(prompts):
             raise ValueError(f"{len(noise)} noise tensors for {len(prompts)} prompts: give one a prompt")
-        sampler = sampler or self.sampler
+        sampler = (sampler or self.sampler).with_default_shift(self.flow.shift)
         transformer = self.ema.module if use_ema and self.ema is not None else self.transformer
         if noise is None:
             noise = initial_noise(len(prompts), self.autoencoder.latent_channels, self.latent_size, seeds)

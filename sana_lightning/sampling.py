@@ -21,6 +21,10 @@ class SamplerConfig:
     shift: float | None = 3.0
     """Flow shift of the sampling schedule; keep it equal to the training shift (None: the module's `flow.shift`)."""
 
+    def with_default_shift(self, shift: float) -> "SamplerConfig":
+        """This config, sampling at `shift` where it names no shift of its own."""
+        return self if self.shift is not None else replace(self, shift=shift)
+
 
 def make_scheduler(config: SamplerConfig) -> FlowMatchEulerDiscreteScheduler | DPMSolverMultistepScheduler:
     if config.solver == "flow_euler":

@@ -1,4 +1,5 @@
 import glob
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -12,6 +13,7 @@ from sana_lightning.lightning_cli import SanaCLI
 from sana_lightning.module import SanaFlowModule
 from sana_lightning.presets import build_transformer
 from sana_lightning.prune_module import PruneRecoveryModule
+from sana_lightning.sampling import SamplerConfig
 from sana_lightning.text_encoder import TextEncoderConfig
 
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -173,6 +175,15 @@ def test_cli_sweep_stacks_configs_and_overrides(tmp_path, monkeypatch):
     assert cli.model.hparams.preset == "tiny" and cli.datamodule.batch_size == 3
     assert cli.model.optimizer_factory(cli.model.transformer.parameters()).param_groups[0]["lr"] == 0.02
     assert cli.model.latent_size == 32 and cli.model.sampler.shift == cli.model.flow.shift == 1.0  # interpolated
+
+
+def test_a_sampler_given_to_generate_without_a_shift_samples_at_the_training_shift(tiny_checkpoint):
+    module = SanaFlowModule.from_checkpoint(str(tiny_checkpoint))
+    own = SamplerConfig(steps=2, shift=module.flow.shift)
+    prompt = ["a photo of a red circle"]
+    images = module.generate(prompt, [3], own)
+    torch.testing.assert_close(module.generate(prompt, [3], replace(own, shift=None)), images)
+    assert not torch.allclose(module.generate(prompt, [3], replace(own, shift=own.shift + 2)), images)  # it matters
 
 
 def test_cli_validate_test_and_predict_from_a_fit_checkpoint(tmp_path, monkeypatch):
