@@ -1,7 +1,9 @@
 """`SanaCLI`: Lightning's `fit` / `validate` / `test` / `predict` on stacked YAML configs, with resume checks."""
 
+import sys
 from pathlib import Path
 
+import yaml
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 
@@ -51,6 +53,10 @@ class SanaCLI(LightningCLI):
             help="With --ckpt_path: take the checkpoint's model settings where they differ from the config "
             "(without it, a difference is an error that lists them)",
         )
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        check_model_image_size(self.config, sys.argv[1:] if args is None else args)
 
     def _parse_ckpt_path(self) -> None:
         """`--ckpt_path last` is the newest last checkpoint of any version of the run, and a resumed run logs into
@@ -103,3 +109,26 @@ class SanaCLI(LightningCLI):
                 callback.save_last = False
 
     before_validate = before_test = before_predict = _check_checkpoint_settings
+
+
+def check_model_image_size(config, args) -> None:
+    """The model's image size is linked to the data's, which replaces it: one given for the model (on the command
+    line or in a `--config` file) that is not the data's is an error naming the setting to use, not ignored."""
+    subcommand = config.get("subcommand")
+    node = config[subcommand] if subcommand else config
+    if not isinstance(args, list | tuple) or not node.get("data"):  # a dict / Namespace comes from code
+        return
+    data = node.data.init_args.image_size
+    given = []
+    for i, arg in enumerate(args):
+        name, _, value = str(arg).partition("=")
+        if name in ("--model.init_args.image_size", "--model.image_size"):
+            given.append(value or (args[i + 1] if i + 1 < len(args) else None))
+    for path in node.get("config") or []:
+        model = (yaml.safe_load(Path(path).read_text()) or {}).get("model") or {}
+        given += [m["image_size"] for m in (model, model.get("init_args") or {}) if "image_size" in m]
+    if any(str(size) != str(data) for size in given):
+        raise ValueError(
+            f"model image_size {', '.join(map(str, given))} is not the data's {data}: the model takes the data's "
+            "image size, so set data.init_args.image_size (--data.init_args.image_size) and drop the model's"
+        )

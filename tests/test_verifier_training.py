@@ -89,11 +89,19 @@ def test_vlm_loss_reads_the_logits_the_judge_generates_from(tiny_vlm):
     torch.testing.assert_close(vlm_loss(judge, pairs, truth)["answer"], expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("tower", ["convnext", "vit"])
 @pytest.mark.parametrize("kind", ["clip", "vlm"])
-def test_saved_verifiers_load_in_their_judges_from_the_path(kind, metadata, tmp_path):
+def test_saved_verifiers_load_in_their_judges_from_the_path(kind, tower, metadata, tmp_path):
     out = tmp_path / kind
-    summary = train_verifier(kind, str(out), [str(metadata)], steps=2, batch_size=4, held_out=12, **TINY)
+    summary = train_verifier(kind, str(out), [str(metadata)], steps=2, batch_size=4, held_out=12, tower=tower, **TINY)
     assert json.loads((out / VERIFIER_RECORD).read_text()) == summary
+    expected = {
+        ("clip", "convnext"): "VisionTextDualEncoderModel",
+        ("clip", "vit"): "CLIPModel",
+        ("vlm", "convnext"): "FastVlmForConditionalGeneration",
+        ("vlm", "vit"): "LlavaForConditionalGeneration",
+    }
+    assert json.loads((out / "config.json").read_text())["architectures"] == [expected[kind, tower]]
     assert summary["evaluation_prompts_excluded"] == len(evaluation_prompts([str(metadata)]))
     judge = CLIPJudge(str(out)) if kind == "clip" else VLMJudge(str(out))
     example = next(examples(9, held_out=True))
@@ -107,8 +115,10 @@ def test_saved_verifiers_load_in_their_judges_from_the_path(kind, metadata, tmp_
         assert judge.threshold == summary["threshold"]
 
 
-def test_clip_training_beats_chance_on_held_out_pairs(metadata, tmp_path):
-    summary = train_verifier("clip", str(tmp_path / "clip"), [str(metadata)], steps=60, held_out=120, **TINY)
+@pytest.mark.parametrize("tower", ["convnext", "vit"])
+def test_clip_training_beats_chance_on_held_out_pairs(tower, metadata, tmp_path):
+    out = str(tmp_path / "clip")
+    summary = train_verifier("clip", out, [str(metadata)], steps=60, held_out=120, tower=tower, **TINY)
     assert summary["held_out"]["pair_accuracy"] > 0.6
 
 
@@ -139,12 +149,15 @@ def test_vlm_fine_tuning_teaches_the_judge_to_read_the_image(tmp_path):
     assert [v.yes for v in VLMJudge(str(tmp_path / "trained")).judge_pairs(pairs)] == truth
 
 
-def test_a_vlm_on_a_trained_clip_sees_through_its_frozen_vision_tower(metadata, tmp_path):
-    """LLaVA's recipe: `--vision_tower CLIP_DIR` makes the trained CLIP's vision tower the VLM's (its sizes win over
-    the ones given) and training leaves it as it was; a directory that holds no CLIP is named."""
-    from transformers import CLIPModel, LlavaForConditionalGeneration
+@pytest.mark.parametrize("tower", ["convnext", "vit"])
+def test_a_vlm_on_a_trained_clip_sees_through_its_frozen_vision_tower(tower, metadata, tmp_path):
+    """LLaVA's recipe: `--vision_tower CLIP_DIR` makes the trained CLIP's vision tower the VLM's (a ConvNeXt's makes
+    a FastVLM, a ViT's a Llava; the CLIP's sizes and image size win over the ones given) and training leaves it as
+    it was; a directory that holds no CLIP is named."""
+    from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
 
-    train_verifier("clip", str(tmp_path / "clip"), [str(metadata)], steps=2, batch_size=4, held_out=6, **TINY)
+    clip_dir = tmp_path / "clip"
+    train_verifier("clip", str(clip_dir), [str(metadata)], steps=2, batch_size=4, held_out=6, tower=tower, **TINY)
     summary = train_verifier(
         "vlm",
         str(tmp_path / "vlm"),
@@ -153,15 +166,23 @@ def test_a_vlm_on_a_trained_clip_sees_through_its_frozen_vision_tower(metadata, 
         batch_size=4,
         held_out=6,
         lr=0.1,
-        vision_tower=str(tmp_path / "clip"),
+        vision_tower=str(clip_dir),
         width=32,
         patch_size=4,
+        image_size=48,
+        tower="vit" if tower == "convnext" else "convnext",  # the CLIP's tower wins
     )
-    assert summary["vision_tower"] == str(tmp_path / "clip")
-    clip = CLIPModel.from_pretrained(tmp_path / "clip").vision_model.state_dict()
-    vlm = LlavaForConditionalGeneration.from_pretrained(tmp_path / "vlm")
-    tower = vlm.model.vision_tower.state_dict()
-    assert tower.keys() == clip.keys() and all(torch.equal(tower[k], clip[k]) for k in clip)
+    assert summary["vision_tower"] == str(clip_dir) and summary["tower"] == tower
+    clip = AutoModel.from_pretrained(clip_dir).vision_model.state_dict()
+    vlm = AutoModelForImageTextToText.from_pretrained(tmp_path / "vlm")
+    assert (
+        type(vlm).__name__
+        == {"convnext": "FastVlmForConditionalGeneration", "vit": "LlavaForConditionalGeneration"}[tower]
+    )
+    vision = vlm.model.vision_tower.state_dict()
+    assert vision.keys() == clip.keys() and all(torch.equal(vision[k], clip[k]) for k in clip)
     assert vlm.config.text_config.hidden_size == TINY["width"]  # the CLIP's width, not the 32 given
+    crop = lambda path: AutoProcessor.from_pretrained(path).image_processor.crop_size  # noqa: E731
+    assert crop(tmp_path / "vlm") == crop(clip_dir) == {"height": 32, "width": 32}  # the CLIP's, not the 48 given
     with pytest.raises(ValueError, match="train-verifier clip"):
         train_verifier("vlm", str(tmp_path / "x"), [str(metadata)], steps=1, vision_tower=str(tmp_path))

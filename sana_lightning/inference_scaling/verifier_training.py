@@ -1,9 +1,11 @@
-"""The `train-verifier` command: a CLIP or a small Llava trained on rendered Shapes scenes to judge "does this image
+"""The `train-verifier` command: a CLIP or a small VLM trained on rendered Shapes scenes to judge "does this image
 match the prompt?", saved with `save_pretrained` so `CLIPJudge` / `VLMJudge` load it from its path like a download.
+Their image tower is a ConvNeXt (the CLIP a `VisionTextDualEncoderModel`, the VLM a FastVLM) or a ViT (`CLIPModel`,
+Llava).
 
 The CLIP learns a pairwise logistic loss on the cosine of every image with every caption of its batch (each image's
 true caption and hard negative), labelled exactly by GenEval's rules on the scenes' objects (a caption can be true of
-several images). The Llava learns the cross-entropy of the first answer token, "yes" or "no", after `VLMJudge`'s own
+several images). The VLM learns the cross-entropy of the first answer token, "yes" or "no", after `VLMJudge`'s own
 inputs (its question, chat template and left padding), so the judge reads the verdict it was trained to give.
 Held-out accuracy comes from the saved model through the judge itself.
 """
@@ -25,13 +27,26 @@ from sana_lightning.data.shapes import COLORS, NUMBERS, PLURALS, RELATIONS, SHAP
 from sana_lightning.inference_scaling.judges import VERIFIER_RECORD, CLIPJudge, VLMJudge
 from sana_lightning.inference_scaling.verifier_data import PREFIXES, evaluation_prompts, examples, holds
 from sana_lightning.inference_scaling.verifier_evaluation import best_threshold, held_out_report, rivals
-from sana_lightning.inference_scaling.verifier_models import build_clip, build_llava, clip_tokenizer, minilm_tokenizer
+from sana_lightning.inference_scaling.verifier_models import (
+    build_clip,
+    build_fast_vlm,
+    build_llava,
+    clip_tokenizer,
+    convnext_config,
+    minilm_tokenizer,
+)
 
 DEFAULTS = {
-    "clip": {"steps": 1200, "batch_size": 64, "lr": 1e-3, "patch_size": 4},
-    "vlm": {"steps": 900, "batch_size": 16, "lr": 3e-3, "patch_size": 8},
+    ("clip", "convnext"): {"steps": 2400, "batch_size": 64, "lr": 1e-3, "patch_size": 2},
+    ("clip", "vit"): {"steps": 1200, "batch_size": 64, "lr": 1e-3, "patch_size": 4},
+    ("vlm", "convnext"): {"steps": 900, "batch_size": 16, "lr": 3e-3, "patch_size": 2},
+    ("vlm", "vit"): {"steps": 900, "batch_size": 16, "lr": 3e-3, "patch_size": 8},
 }
-"""Per kind: settings measured to train in about 6 minutes on one CPU thread (README "Trained Shapes verifiers")."""
+"""Per kind and image tower: settings measured on this CPU (README "Trained Shapes verifiers")."""
+
+
+CLIP_TYPES = ("clip", "vision-text-dual-encoder")
+"""The `model_type`s `train-verifier clip` saves (ViT and ConvNeXt image towers)."""
 
 
 def domain_words() -> list[str]:
@@ -41,13 +56,14 @@ def domain_words() -> list[str]:
 
 
 def pretrained_clip(path: str):
-    """The CLIP verifier `train-verifier clip` saved at `path` (a VLM's vision tower)."""
-    from transformers import CLIPModel
+    """The CLIP verifier `train-verifier clip` saved at `path` (a VLM's vision tower): a `CLIPModel` or a
+    `VisionTextDualEncoderModel`."""
+    from transformers import AutoModel
 
     config = Path(path) / "config.json"
-    if not config.is_file() or json.loads(config.read_text()).get("model_type") != "clip":
+    if not config.is_file() or json.loads(config.read_text()).get("model_type") not in CLIP_TYPES:
         raise ValueError(f"vision tower '{path}' is not a saved CLIP: train one with `train-verifier clip {path}`")
-    return CLIPModel.from_pretrained(path)
+    return AutoModel.from_pretrained(path)
 
 
 def clip_loss(model, bias: torch.Tensor, processor, batch) -> dict[str, torch.Tensor]:
@@ -109,6 +125,25 @@ def vlm_loss(judge, pairs, truth: list[bool], caption_weight: float = 1.0) -> di
     return losses
 
 
+def new_vlm(tower: str, clip, width: int, layers: int, heads: int, image_size: int, patch_size: int, seed: int):
+    """The VLM to train: a FastVLM on a ConvNeXt tower or a Llava on a ViT (seeing its CLS token too), with the
+    trained `clip`'s vision tower when one is given."""
+    sizes = dict(text_width=width, text_layers=layers, heads=heads, image_size=image_size, seed=seed)
+    sizes["init_std"] = width**-0.5  # not 0.02: at width 64 attention starts too flat to learn to read the image
+    if tower == "convnext":
+        vision = (
+            clip.config.vision_config if clip is not None else convnext_config(width, layers, patch_size, image_size)
+        )
+        model, processor = build_fast_vlm(minilm_tokenizer(), vision, **sizes)
+    else:
+        model, processor = build_llava(
+            minilm_tokenizer(), width, layers, patch_size=patch_size, features="full", **sizes
+        )
+    if clip is not None:
+        model.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
+    return model, processor
+
+
 def train_verifier(
     kind: Literal["clip", "vlm"],
     out_dir: str,
@@ -121,6 +156,7 @@ def train_verifier(
     heads: int = 4,
     patch_size: int | None = None,
     image_size: int = 32,
+    tower: Literal["convnext", "vit"] = "convnext",
     held_out: int = 1200,
     seed: int = 0,
     held_out_seed: int = 1,
@@ -136,27 +172,37 @@ def train_verifier(
         out_dir: The model directory (replaced once training succeeds).
         eval_metadata: GenEval metadata files whose prompts are never training captions
             (default: data/shapes/metadata.jsonl).
-        steps: Optimizer steps (AdamW; default: clip 1200, vlm 900, about 6 minutes each on one CPU thread).
+        steps: Optimizer steps (AdamW; default: clip 2400 with a ConvNeXt tower, 1200 with a ViT; vlm 900).
         batch_size: Images a step, each with its true caption and a hard negative (default: clip 64, vlm 16).
         lr: Peak learning rate, warm-up then cosine decay (default: clip 1e-3, vlm 3e-3).
-        width: Hidden width of every tower.
-        layers: Layers of every tower.
-        heads: Attention heads of every tower.
-        patch_size: Vision patch size in pixels (default: clip 4, vlm 8).
+        width: Hidden width of every tower (a ConvNeXt's first stage; its next two are 2x and 4x as wide).
+        layers: Layers of every tower (blocks a ConvNeXt stage).
+        heads: Attention heads of every transformer.
+        patch_size: Vision patch size in pixels (default: ConvNeXt 2; ViT: clip 4, vlm 8).
         image_size: Rendered image side (the generator's).
+        tower: The image tower: convnext (clip: a `VisionTextDualEncoderModel`, vlm: a FastVLM) or vit (clip: a
+            `CLIPModel`, vlm: a Llava).
         held_out: Held-out images (each judged with its GenEval prompt and a hard negative).
         seed: Seeds the initial weights and the training scenes.
         held_out_seed: Seeds the held-out scenes (must differ from seed).
         caption_weight: vlm: weight of the captioning loss (the true caption's words, read off the image).
         vision_tower: vlm: a trained CLIP verifier's directory; its vision tower becomes the VLM's, frozen (LLaVA's
-            recipe; its width, layers, heads, patch and image size replace those given).
+            recipe; its tower kind and sizes, and its text tower's width, layers and heads, replace those given).
         threads: torch CPU threads (default: torch's).
     """
     from sana_lightning.atomic import atomic_directory
 
-    if kind not in DEFAULTS:
+    if kind not in ("clip", "vlm"):
         raise ValueError(f"unknown verifier kind '{kind}': use clip or vlm")
-    defaults = DEFAULTS[kind]
+    if tower not in ("convnext", "vit"):
+        raise ValueError(f"unknown image tower '{tower}': use convnext or vit")
+    clip = pretrained_clip(vision_tower) if kind == "vlm" and vision_tower else None
+    if clip is not None:  # LLaVA's recipe: the CLIP's tower kind and sizes
+        tower = "convnext" if clip.config.vision_config.model_type == "convnext" else "vit"
+        text = clip.config.text_config
+        width, layers, heads = text.hidden_size, text.num_hidden_layers, text.num_attention_heads
+        image_size, patch_size = clip.config.vision_config.image_size, clip.config.vision_config.patch_size
+    defaults = DEFAULTS[kind, tower]
     steps, batch_size = steps or defaults["steps"], batch_size or defaults["batch_size"]
     lr, patch_size = lr or defaults["lr"], patch_size or defaults["patch_size"]
     if held_out_seed == seed:
@@ -169,31 +215,14 @@ def train_verifier(
     with atomic_directory(out_dir) as staging:
         if kind == "clip":
             tokenizer = clip_tokenizer(domain_words())
-            model, processor = build_clip(tokenizer, width, layers, heads, width, image_size, patch_size, 32, seed)
+            model, processor = build_clip(
+                tokenizer, width, layers, heads, width, image_size, patch_size, max_length=32, seed=seed, tower=tower
+            )
             bias = torch.nn.Parameter(torch.tensor(-4.0))
             parameters = [*model.parameters(), bias]
             loss_of = lambda batch: clip_loss(model, bias, processor, batch)  # noqa: E731
         else:
-            clip = pretrained_clip(vision_tower) if vision_tower else None
-            if clip is not None:
-                tower = clip.config.vision_config
-                width, layers, heads = tower.hidden_size, tower.num_hidden_layers, tower.num_attention_heads
-                image_size, patch_size = tower.image_size, tower.patch_size
-            model, processor = build_llava(
-                minilm_tokenizer(),
-                vision_width=width,
-                vision_layers=layers,
-                text_width=width,
-                text_layers=layers,
-                heads=heads,
-                image_size=image_size,
-                patch_size=patch_size,
-                features="full",  # the CLS token too
-                init_std=width**-0.5,  # not 0.02: at width 64 attention then starts too flat to learn to read the image
-                seed=seed,
-            )
-            if clip is not None:
-                model.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
+            model, processor = new_vlm(tower, clip, width, layers, heads, image_size, patch_size, seed)
             model.save_pretrained(staging)
             processor.save_pretrained(staging)
             judge = VLMJudge(str(staging))  # trains the judge's own model, on the judge's own inputs
@@ -246,6 +275,7 @@ def train_verifier(
             "final_losses": {name: round(value, 4) for name, value in recent.items()},
             "seed": seed,
             "vision_tower": vision_tower,
+            "tower": tower,
             "held_out_seed": held_out_seed,
             "evaluation_prompts_excluded": len(excluded),
             "parameters": sum(p.numel() for p in model.parameters()),
