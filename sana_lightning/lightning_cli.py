@@ -1,5 +1,6 @@
 """`SanaCLI`: Lightning's `fit` / `validate` / `test` / `predict` on stacked YAML configs, with resume checks."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -113,22 +114,30 @@ class SanaCLI(LightningCLI):
 
 def check_model_image_size(config, args) -> None:
     """The model's image size is linked to the data's, which replaces it: one given for the model (on the command
-    line or in a `--config` file) that is not the data's is an error naming the setting to use, not ignored."""
+    line or in a `--config` file or string) that is not the data's is an error naming the setting to use."""
     subcommand = config.get("subcommand")
     node = config[subcommand] if subcommand else config
     if not isinstance(args, list | tuple) or not node.get("data"):  # a dict / Namespace comes from code
         return
     data = node.data.init_args.image_size
-    given = []
-    for i, arg in enumerate(args):
-        name, _, value = str(arg).partition("=")
-        if name in ("--model.init_args.image_size", "--model.image_size"):
-            given.append(value or (args[i + 1] if i + 1 < len(args) else None))
-    for path in node.get("config") or []:
-        model = (yaml.safe_load(Path(path).read_text()) or {}).get("model") or {}
-        given += [m["image_size"] for m in (model, model.get("init_args") or {}) if "image_size" in m]
+    given = _values(args, "--model.init_args.image_size") + _values(args, "--model.image_size")
+    for text in _values(args, "--config") + _values(args, "-c"):
+        loaded = yaml.safe_load(Path(text).read_text() if os.path.isfile(text) else text)
+        model = loaded.get("model") if isinstance(loaded, dict) else None
+        if isinstance(model, dict):
+            given += [m["image_size"] for m in (model, model.get("init_args") or {}) if "image_size" in m]
     if any(str(size) != str(data) for size in given):
         raise ValueError(
             f"model image_size {', '.join(map(str, given))} is not the data's {data}: the model takes the data's "
             "image size, so set data.init_args.image_size (--data.init_args.image_size) and drop the model's"
         )
+
+
+def _values(args, flag: str) -> list[str]:
+    """Every value given to `flag` in a command line (`--flag value` or `--flag=value`)."""
+    values = []
+    for i, arg in enumerate(map(str, args)):
+        name, equals, value = arg.partition("=")
+        if name == flag:
+            values.append(value if equals else (str(args[i + 1]) if i + 1 < len(args) else ""))
+    return values

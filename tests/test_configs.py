@@ -86,21 +86,24 @@ def test_the_sampler_follows_a_command_line_flow_shift_and_overlays_keep_the_sch
     assert model["init_args"]["lr_scheduler"]["init_args"]["max_lr"] == 0.002
 
 
-@pytest.mark.parametrize("where", ["command line", "config file"])
+@pytest.mark.parametrize("where", ["command line", "config file", "config string"])
 def test_a_model_image_size_that_is_not_the_datas_is_an_error_not_ignored(where, tmp_path):
     """The data's image size replaces the model's (a link, so that a sweep over it moves both); one given for the
     model used to be dropped without a word, training at the data's size."""
-    base = [f"--config={CONFIGS / 'base.yaml'}"]
+    base = [f"--config={CONFIGS / 'base.yaml'}", "--config", '{"trainer": {"max_steps": 3}}']
+    overlay = "model:\n  init_args:\n    image_size: 64\n"
     if where == "command line":
         model_64 = ["--model.init_args.image_size", "64"]
+    elif where == "config file":
+        (tmp_path / "model64.yaml").write_text(overlay)
+        model_64 = [f"--config={tmp_path / 'model64.yaml'}"]
     else:
-        overlay = tmp_path / "model64.yaml"
-        overlay.write_text("model:\n  init_args:\n    image_size: 64\n")
-        model_64 = [f"--config={overlay}"]
+        model_64 = ["--config", overlay]
     with pytest.raises(ValueError, match="model image_size 64 is not the data's 32: .* set data.init_args.image_size"):
         SanaCLI(args=base + model_64, run=False)
     cli = SanaCLI(args=base + model_64 + ["--data.init_args.image_size=64"], run=False)
     assert cli.model.hparams["image_size"] == cli.datamodule.stream_config.image_size == 64
+    assert cli.trainer.max_steps == 3  # an inline config string is read too
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
