@@ -13,7 +13,15 @@ from sana_lightning.eval.geneval import score_image
 from sana_lightning.eval.shapes_detector import ShapesDetector
 from sana_lightning.inference_scaling import CLIPJudge, VLMJudge
 from sana_lightning.inference_scaling.judges import VERIFIER_RECORD
-from sana_lightning.inference_scaling.verifier_data import evaluation_prompts, examples, holds, scene_caption
+from sana_lightning.inference_scaling.tournament import Verdict
+from sana_lightning.inference_scaling.verifier_data import (
+    MISTAKES,
+    evaluation_prompts,
+    examples,
+    holds,
+    scene_caption,
+)
+from sana_lightning.inference_scaling.verifier_evaluation import held_out_report, rivals
 from sana_lightning.inference_scaling.verifier_models import build_llava, clip_tokenizer, minilm_tokenizer
 from sana_lightning.inference_scaling.verifier_training import (
     domain_words,
@@ -71,6 +79,44 @@ def test_hard_negatives_are_false_of_their_scene_by_the_exact_detector(held_out)
             assert positive.text == example.scene.prompt
     scene = example.scene
     assert scene_caption(scene, [True] * len(scene.include)).text == scene.description
+
+
+@pytest.mark.parametrize("held_out", [False, True])
+def test_near_misses_are_one_generator_mistake_away_and_false_of_the_true_caption(held_out):
+    detector, mistakes = ShapesDetector(), set()
+    for example in itertools.islice(examples(3, held_out=held_out, augmented=False), 120):
+        missed = render(example.near_miss.objects, 32)
+        assert not score_image(missed, example.positive.metadata(), detector)[0], example.positive.text
+        assert score_image(render(example.scene.objects, 32), example.positive.metadata(), detector)[0]
+        before, after = example.scene.objects, example.near_miss.objects
+        changed = [(a, b) for a, b in zip(before, after) if a != b]
+        if len(after) == len(before) + 1:
+            assert after[:-1] == before
+            mistakes.add("add")
+        elif len(after) == len(before) - 1:
+            assert all(o in before for o in after)
+            mistakes.add("drop")
+        elif len(changed) == 1:
+            ((a, b),) = changed
+            assert (a.cx, a.cy, a.size) == (b.cx, b.cy, b.size) and (a.color == b.color) != (a.shape == b.shape)
+            mistakes.add("recolor" if a.color != b.color else "reshape")
+        else:
+            (a, b), (c, d) = changed  # two objects swapped places
+            assert (a.shape, a.color, c.shape, c.color) == (b.shape, b.color, d.shape, d.color)
+            assert (b.cx, b.cy, b.size, d.cx, d.cy, d.size) == (c.cx, c.cy, c.size, a.cx, a.cy, a.size)
+            mistakes.add("swap")
+    assert mistakes == set(MISTAKES)
+
+
+def test_the_held_out_report_reads_each_examples_three_verdicts():
+    """Per example: its true caption, its hard negative, then its near miss under the true caption."""
+    held = list(itertools.islice(examples(7, held_out=True, augmented=False), 12))
+    yes, no, surer = Verdict(True, 0.9, 0.1), Verdict(False, 0.2, 0.8), Verdict(True, 0.95, 0.05)
+    verdicts = [v for i in range(len(held)) for v in (yes, no, surer if i % 3 == 0 else no)]
+    rival_pairs = rivals(held)
+    report = held_out_report(held, verdicts, rival_pairs, [no] * len(rival_pairs))
+    assert report["accuracy"] == report["pair_accuracy"] == report["selection_accuracy"] == 1.0
+    assert report["near_miss_selection"] == report["by_kind"]["near_miss"] == round(8 / 12, 4)
 
 
 def test_clip_tokenizer_spells_every_caption_word_as_one_token():

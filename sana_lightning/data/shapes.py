@@ -104,9 +104,7 @@ class SceneSampler:
         self.size = image_size
         self.rng = rng
 
-    def _place(
-        self, count: int, scale: tuple[float, float], region=None, placed=()
-    ) -> list[tuple[float, float, float]]:
+    def place(self, count: int, scale: tuple[float, float], region=None, placed=()) -> list[tuple[float, float, float]]:
         """`count` (cx, cy, size) that fit in `region` (x0, y0, x1, y1, fractions) and overlap nothing placed."""
         rx0, ry0, rx1, ry1 = region or (0, 0, 1, 1)
         for _ in range(1000):
@@ -129,12 +127,12 @@ class SceneSampler:
         shape, other = rng.sample(SHAPES, 2)
         color, other_color = rng.sample(list(COLORS), 2)
         if tag in ("single_object", "colors"):
-            objs = self._objects([shape], [color], self._place(1, (0.3, 0.5)))
+            objs = self._objects([shape], [color], self.place(1, (0.3, 0.5)))
             clause = {"class": shape, "count": 1} | ({"color": color} if tag == "colors" else {})
             prompt = f"a photo of {_noun(objs[0], tag == 'colors')}"
             return Scene(tag, objs, [clause], [], prompt, f"a photo of {_noun(objs[0], True)}")
         if tag in ("two_object", "color_attr"):
-            objs = self._objects([shape, other], [color, other_color], self._place(2, (0.25, 0.4)))
+            objs = self._objects([shape, other], [color, other_color], self.place(2, (0.25, 0.4)))
             colored = tag == "color_attr"
             include = [{"class": o.shape, "count": 1} | ({"color": o.color} if colored else {}) for o in objs]
             prompt = f"a photo of {_noun(objs[0], colored)} and {_noun(objs[1], colored)}"
@@ -142,7 +140,7 @@ class SceneSampler:
             return Scene(tag, objs, include, [], prompt, description)
         if tag == "counting":
             count = rng.randint(2, 4)
-            objs = self._objects([shape] * count, [color] * count, self._place(count, (0.18, 0.26)))
+            objs = self._objects([shape] * count, [color] * count, self.place(count, (0.18, 0.26)))
             include = [{"class": shape, "count": count}]
             exclude = [{"class": shape, "count": count + 1}]
             prompt = f"a photo of {NUMBERS[count]} {PLURALS[shape]}"
@@ -159,8 +157,8 @@ class SceneSampler:
             }
             first, second = halves[relation]
             while True:  # GenEval's rule must hold exactly for the ground truth, not just "in the other half"
-                anchor = self._place(1, (0.25, 0.4), first)
-                placed = anchor + self._place(1, (0.25, 0.4), second, anchor)
+                anchor = self.place(1, (0.25, 0.4), first)
+                placed = anchor + self.place(1, (0.25, 0.4), second, anchor)
                 objs = self._objects([other, shape], [other_color, color], placed)
                 if relative_position(objs[1].box, objs[0].box) == {relation}:
                     break

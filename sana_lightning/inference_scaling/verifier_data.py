@@ -4,8 +4,11 @@ A caption is a structured claim (`Caption`) that writes itself as text and as a 
 for a scene is decided by GenEval's own rules on the scene's objects (`holds`). Each example is one image with a
 positive caption and a hard negative: the positive with exactly one attribute made false (colour, count, position or
 shape). Training captions vary (prefix, which colours are named, "A left of B" as "B right of A", the order of two
-objects); a caption equal to an evaluation prompt is never a training caption. Images are rendered, then degraded
-like a small generator's samples (soft edges, warped outlines, colour drift, noise): never the model's own samples.
+objects); a caption equal to an evaluation prompt is never a training caption. Each scene also has a near miss: the
+scene after one mistake a small generator makes (an object recoloured, reshaped, dropped, added or two objects
+swapped) that makes the positive false, so a judge learns to rank images for one prompt, as best-of-N needs. Images
+are rendered, then degraded like a small generator's samples (soft edges, warped outlines, colour drift, noise):
+never the model's own samples.
 """
 
 import itertools
@@ -19,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sana_lightning.data.shapes import COLORS, NUMBERS, PLURALS, SHAPES, TASKS, Scene, SceneSampler, render
+from sana_lightning.data.shapes import COLORS, NUMBERS, PLURALS, SHAPES, TASKS, Scene, SceneSampler, ShapeObject, render
 from sana_lightning.eval.geneval import Detection, colored_groups, evaluate, read_metadata
 
 PREFIXES = ("a photo of", "an image of", "a picture of")
@@ -27,6 +30,8 @@ PREFIXES = ("a photo of", "an image of", "a picture of")
 KINDS = ("color", "count", "position", "shape")
 """The hard negatives: one attribute of a true caption made false."""
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+MISTAKES = ("recolor", "reshape", "drop", "add", "swap")
+"""The near misses: one generator mistake applied to a scene."""
 
 
 @dataclass(frozen=True)
@@ -84,13 +89,16 @@ class Caption:
 
 @dataclass
 class VerifierExample:
-    """One image of a scene with a caption true of it and a hard negative (`kind`: the attribute made false)."""
+    """One image of a scene with a caption true of it and a hard negative (`kind`: the attribute made false), and the
+    image of a near miss: a scene one mistake away that the positive is false of."""
 
     image: Image.Image
     scene: Scene
     positive: Caption
     negative: Caption
     kind: str
+    near_miss: Scene
+    near_miss_image: Image.Image
 
 
 def holds(caption: Caption, scene: Scene) -> bool:
@@ -169,6 +177,43 @@ def hard_negative(caption: Caption, scene: Scene, kind: str, rng: random.Random)
     raise ValueError(f"unknown hard negative '{kind}': use one of {KINDS}")
 
 
+def mistake(scene: Scene, kind: str, sampler: SceneSampler) -> Scene | None:
+    """The scene after one generator mistake of `kind` (None where it does not apply or finds no room)."""
+    objs, rng = list(scene.objects), sampler.rng
+    i = rng.randrange(len(objs))
+    if kind == "recolor":
+        objs[i] = replace(objs[i], color=rng.choice([c for c in COLORS if c != objs[i].color]))
+    elif kind == "reshape":
+        objs[i] = replace(objs[i], shape=rng.choice([s for s in SHAPES if s != objs[i].shape]))
+    elif kind == "drop" and len(objs) > 1:
+        del objs[i]
+    elif kind == "add" and len(objs) < 5:
+        sizes = [o.size / sampler.size for o in objs]
+        try:
+            ((cx, cy, size),) = sampler.place(1, (min(sizes), max(sizes)), placed=[(o.cx, o.cy, o.size) for o in objs])
+        except ValueError:  # no room left
+            return None
+        shape = rng.choice([objs[i].shape, rng.choice(SHAPES)])
+        objs.append(ShapeObject(shape, rng.choice([objs[i].color, rng.choice(list(COLORS))]), cx, cy, size))
+    elif kind == "swap" and len(objs) == 2:
+        a, b = objs
+        objs = [replace(a, cx=b.cx, cy=b.cy, size=b.size), replace(b, cx=a.cx, cy=a.cy, size=a.size)]
+    elif kind not in MISTAKES:
+        raise ValueError(f"unknown mistake '{kind}': use one of {MISTAKES}")
+    else:
+        return None
+    return replace(scene, objects=objs)
+
+
+def near_miss(scene: Scene, caption: Caption, sampler: SceneSampler) -> Scene | None:
+    """A scene one random mistake away from `scene` that `caption` is false of (None if 20 tries find none)."""
+    for _ in range(20):
+        missed = mistake(scene, sampler.rng.choice(MISTAKES), sampler)
+        if missed is not None and not holds(caption, missed):
+            return missed
+    return None
+
+
 def augment(images: list[Image.Image], generator: torch.Generator) -> list[Image.Image]:
     """Renders degraded like a small generator's samples: warped outlines (a smooth random displacement of up to
     ~1 px), soft edges (Gaussian blur, sigma up to 0.9 px), colour drift (per-channel gain and offset) and noise."""
@@ -217,8 +262,9 @@ def examples(
 ) -> Iterator[VerifierExample]:
     """An endless seeded stream of examples, the six tasks in turn, each task's negative kinds in turn.
 
-    Training (`held_out=False`): varied captions, none in `exclude` (redrawn; a scene without such captions is
-    skipped). Held-out: the scene's GenEval prompt is the positive. Images are augmented `chunk` at a time.
+    Training (`held_out=False`): varied captions, none in `exclude` (redrawn; a scene without such captions or a
+    near miss is skipped). Held-out: the scene's GenEval prompt is the positive. Images (and their near misses') are
+    augmented `chunk` at a time.
     """
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -240,9 +286,13 @@ def examples(
                 continue
             if not holds(positive, scene) or holds(negative, scene):
                 raise AssertionError(f"{positive.text!r} / {negative.text!r}: not a true caption and a false one")
+            missed = near_miss(scene, positive, sampler)
+            if missed is None:
+                continue
             turns[tag] += 1
-            found.append((scene, positive, negative, kind))
-        images = [render(scene.objects, image_size) for scene, *_ in found]
+            found.append((scene, positive, negative, kind, missed))
+        images = [render(s.objects, image_size) for entry in found for s in (entry[0], entry[-1])]
         if augmented:
             images = augment(images, generator)
-        yield from (VerifierExample(image, *rest) for image, rest in zip(images, found))
+        for (scene, positive, negative, kind, missed), image, missed_image in zip(found, images[::2], images[1::2]):
+            yield VerifierExample(image, scene, positive, negative, kind, missed, missed_image)

@@ -37,8 +37,8 @@ from sana_lightning.inference_scaling.verifier_models import (
 )
 
 DEFAULTS = {
-    ("clip", "convnext"): {"steps": 2400, "batch_size": 64, "lr": 1e-3, "patch_size": 2},
-    ("clip", "vit"): {"steps": 1200, "batch_size": 64, "lr": 1e-3, "patch_size": 4},
+    ("clip", "convnext"): {"steps": 2400, "batch_size": 32, "lr": 1e-3, "patch_size": 2},
+    ("clip", "vit"): {"steps": 1200, "batch_size": 32, "lr": 1e-3, "patch_size": 4},
     ("vlm", "convnext"): {"steps": 900, "batch_size": 16, "lr": 3e-3, "patch_size": 2},
     ("vlm", "vit"): {"steps": 900, "batch_size": 16, "lr": 3e-3, "patch_size": 8},
 }
@@ -67,11 +67,14 @@ def pretrained_clip(path: str):
 
 
 def clip_loss(model, bias: torch.Tensor, processor, batch) -> dict[str, torch.Tensor]:
-    """Pairwise logistic loss of every image against every distinct caption of the batch, labels exact."""
+    """Pairwise logistic loss of every image (and near miss) against every distinct caption of the batch, labels
+    exact."""
     texts = list(dict.fromkeys(c.text for e in batch for c in (e.positive, e.negative)))
     captions = {c.text: c for e in batch for c in (e.positive, e.negative)}
-    labels = torch.tensor([[float(holds(captions[t], e.scene)) for t in texts] for e in batch])
-    inputs = processor(text=texts, images=[e.image for e in batch], return_tensors="pt", padding=True)
+    scenes = [scene for e in batch for scene in (e.scene, e.near_miss)]
+    labels = torch.tensor([[float(holds(captions[t], scene)) for t in texts] for scene in scenes])
+    images = [image for e in batch for image in (e.image, e.near_miss_image)]
+    inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
     outputs = model(**inputs)
     image = F.normalize(outputs.image_embeds, dim=-1)
     text = F.normalize(outputs.text_embeds, dim=-1)
@@ -87,11 +90,19 @@ def caption_span(ids: list[int], caption: list[int]) -> int:
     raise ValueError("the caption's tokens are not in the judge's input: its tokenizer splits them differently there")
 
 
+def judged_pairs(example) -> list[tuple[str, Image.Image]]:
+    """The example's image with its true caption and its hard negative, then its near miss with the true caption."""
+    return [(example.positive.text, example.image), (example.negative.text, example.image)] + [
+        (example.positive.text, example.near_miss_image)
+    ]
+
+
 def vlm_pairs(batch) -> tuple[list[tuple[str, Image.Image]], list[bool]]:
-    """(caption, image) pairs and their truth: every image with its true caption and its hard negative, and every
-    other image with the next one's true caption when that is false of it (an easy negative)."""
-    pairs = [(c.text, e.image) for e in batch for c in (e.positive, e.negative)]
-    truth = [True, False] * len(batch)
+    """(caption, image) pairs and their truth: every image with its true caption and its hard negative, its near
+    miss with the true caption, and every other image with the next one's true caption when that is false of it (an
+    easy negative)."""
+    pairs = [pair for e in batch for pair in judged_pairs(e)]
+    truth = [True, False, False] * len(batch)
     for example, other in zip(batch[::2], batch[1::2]):
         if not holds(other.positive, example.scene):
             pairs.append((other.positive.text, example.image))
@@ -173,7 +184,8 @@ def train_verifier(
         eval_metadata: GenEval metadata files whose prompts are never training captions
             (default: data/shapes/metadata.jsonl).
         steps: Optimizer steps (AdamW; default: clip 2400 with a ConvNeXt tower, 1200 with a ViT; vlm 900).
-        batch_size: Images a step, each with its true caption and a hard negative (default: clip 64, vlm 16).
+        batch_size: Scenes a step, each an image with its true caption and a hard negative, and its near miss (default:
+            clip 32, vlm 16).
         lr: Peak learning rate, warm-up then cosine decay (default: clip 1e-3, vlm 3e-3).
         width: Hidden width of every tower (a ConvNeXt's first stage; its next two are 2x and 4x as wide).
         layers: Layers of every tower (blocks a ConvNeXt stage).
@@ -254,16 +266,15 @@ def train_verifier(
         model.eval()
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        pairs = [(text, e.image) for e in held for text in (e.positive.text, e.negative.text)]
+        pairs = [pair for e in held for pair in judged_pairs(e)]
         rival_pairs = rivals(held)
         pairs += [(held[i].positive.text, held[j].image) for i, j in rival_pairs]
         judge = CLIPJudge(str(staging)) if kind == "clip" else VLMJudge(str(staging), batch_size=64)
-        verdicts = judge.judge_pairs(pairs)
-        threshold = None
+        verdicts, threshold = judge.judge_pairs(pairs), None
         if kind == "clip":
-            threshold = best_threshold([v.p_yes for v in verdicts[: 2 * len(held)]], [True, False] * len(held))
+            threshold = best_threshold([v.p_yes for v in verdicts[: 3 * len(held)]], [True, False, False] * len(held))
             verdicts = [replace(v, yes=v.p_yes >= threshold) for v in verdicts]
-        report = held_out_report(held, verdicts[: 2 * len(held)], rival_pairs, verdicts[2 * len(held) :])
+        report = held_out_report(held, verdicts[: 3 * len(held)], rival_pairs, verdicts[3 * len(held) :])
         summary = {
             "kind": kind,
             "held_out": report,
