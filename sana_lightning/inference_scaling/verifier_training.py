@@ -90,11 +90,14 @@ def caption_span(ids: list[int], caption: list[int]) -> int:
     raise ValueError("the caption's tokens are not in the judge's input: its tokenizer splits them differently there")
 
 
+JUDGED_TRUTH = (True, False, False)
+"""The truth of an example's `judged_pairs`."""
+
+
 def judged_pairs(example) -> list[tuple[str, Image.Image]]:
     """The example's image with its true caption and its hard negative, then its near miss with the true caption."""
-    return [(example.positive.text, example.image), (example.negative.text, example.image)] + [
-        (example.positive.text, example.near_miss_image)
-    ]
+    positive, image = example.positive.text, example.image
+    return [(positive, image), (example.negative.text, image), (positive, example.near_miss_image)]
 
 
 def vlm_pairs(batch) -> tuple[list[tuple[str, Image.Image]], list[bool]]:
@@ -102,7 +105,7 @@ def vlm_pairs(batch) -> tuple[list[tuple[str, Image.Image]], list[bool]]:
     miss with the true caption, and every other image with the next one's true caption when that is false of it (an
     easy negative)."""
     pairs = [pair for e in batch for pair in judged_pairs(e)]
-    truth = [True, False, False] * len(batch)
+    truth = list(JUDGED_TRUTH) * len(batch)
     for example, other in zip(batch[::2], batch[1::2]):
         if not holds(other.positive, example.scene):
             pairs.append((other.positive.text, example.image))
@@ -270,11 +273,11 @@ def train_verifier(
         rival_pairs = rivals(held)
         pairs += [(held[i].positive.text, held[j].image) for i, j in rival_pairs]
         judge = CLIPJudge(str(staging)) if kind == "clip" else VLMJudge(str(staging), batch_size=64)
-        verdicts, threshold = judge.judge_pairs(pairs), None
+        verdicts, threshold, judged = judge.judge_pairs(pairs), None, len(JUDGED_TRUTH) * len(held)
         if kind == "clip":
-            threshold = best_threshold([v.p_yes for v in verdicts[: 3 * len(held)]], [True, False, False] * len(held))
+            threshold = best_threshold([v.p_yes for v in verdicts[:judged]], list(JUDGED_TRUTH) * len(held))
             verdicts = [replace(v, yes=v.p_yes >= threshold) for v in verdicts]
-        report = held_out_report(held, verdicts[: 3 * len(held)], rival_pairs, verdicts[3 * len(held) :])
+        report = held_out_report(held, verdicts[:judged], rival_pairs, verdicts[judged:])
         summary = {
             "kind": kind,
             "held_out": report,
