@@ -115,6 +115,22 @@ def test_a_loader_restarted_at_any_batch_continues_the_epoch_exactly(shapes_dir)
         )
 
 
+def test_loading_in_the_training_process_gives_the_one_workers_batches_and_resumes_its_position(shapes_dir):
+    """configs/base.yaml loads in the training process (`num_workers: 0`): the batches, and the saved position, of one
+    loader worker, so runs and checkpoints made with one worker are continued exactly."""
+
+    def epoch(workers: int) -> tuple[ShardDataModule, list[dict]]:
+        data = ShardDataModule(f"{shapes_dir}/train-*.tar", batch_size=4, batches_per_epoch=3, num_workers=workers)
+        return data, list(data.train_dataloader())
+
+    (inline, here), (worker, there) = epoch(0), epoch(1)
+    assert [b["key"] for b in here] == [b["key"] for b in there]
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(here, there))
+    worker.position.consumed(0, 0)
+    inline.load_state_dict({"train_position": worker.position.state_dict()})
+    assert [b["position"] for b in inline.train_dataloader()] == [[0, 1], [0, 2]]
+
+
 def write_shard(path, samples):
     with tarfile.open(path, "w") as tar:
         for name, data in samples:
